@@ -1,0 +1,1 @@
+"""The ``personalive`` command line (Typer)."""

@@ -1,0 +1,136 @@
+"""``personalive``: animate a portrait with a driving video, offline or live."""
+
+from __future__ import annotations
+
+import json
+import time
+from pathlib import Path
+from typing import Annotated
+
+import typer
+from rich.table import Table
+
+from personalive_cli import __version__, registry
+from personalive_cli.cli.console import err, fps_text, frame_progress, handle_errors
+
+app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
+                  help="Real-time, streamable, diffusion-based portrait animation.")
+
+Weights = Annotated[str | None, typer.Option("--weights", "-w", help="weights folder (else $PERSONALIVE_WEIGHTS, then the hub cache)")]
+Device = Annotated[str, typer.Option(help="auto|cpu|cuda|mps")]
+Size = Annotated[int, typer.Option(help="working resolution (square)")]
+
+
+@app.callback(invoke_without_command=True)
+def _root(version: Annotated[bool, typer.Option("--version", help="print the version")] = False) -> None:
+    if version:
+        print(__version__)
+        raise typer.Exit()
+
+
+@app.command("methods")
+@handle_errors
+def methods_cmd(
+    as_json: Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")] = False,
+    weights: Weights = None,
+) -> None:
+    """List the registered methods, whether each can run here, and what it needs."""
+    rows = []
+    for name, cls in registry.available().items():
+        status = cls.status(weights)
+        rows.append({"name": name, "ready": status.ready, "status": status.detail, "needs": status.needs,
+                     "frames_per_step": cls.frames_per_step, "description": cls.description})
+    if as_json:
+        print(json.dumps(rows, indent=2))
+        return
+    table = Table(title="personalive methods")
+    for col in ("method", "ready", "frames/step", "status", "needs", "what it is"):
+        table.add_column(col)
+    for r in rows:
+        table.add_row(r["name"], "[green]yes" if r["ready"] else "[red]no", str(r["frames_per_step"]), r["status"],
+                      "\n".join(r["needs"]) or "-", r["description"])
+    err.print(table)
+
+
+@app.command("animate")
+@handle_errors
+def animate_cmd(
+    reference: Annotated[Path, typer.Argument(help="reference portrait (any image PIL reads)")],
+    driving: Annotated[Path, typer.Argument(help="driving video (any video FFmpeg reads)")],
+    output: Annotated[Path, typer.Option("--output", "-o", help="output mp4")] = Path("out.mp4"),
+    method: Annotated[str, typer.Option(help="method name (see `personalive methods`)")] = "personalive",
+    frames: Annotated[int | None, typer.Option(help="animate only the first N driving frames")] = None,
+    size: Size = 512,
+    fps: Annotated[float | None, typer.Option(help="output fps (default: the driving video's)")] = None,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, fp32 on CPU)")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    crop: Annotated[str, typer.Option(help="auto: face-centred square crops; none: resize whole frames")] = "auto",
+    crf: Annotated[int, typer.Option(help="H.264 quality (lower is better)")] = 18,
+    weights: Weights = None,
+) -> None:
+    """Animate REFERENCE with DRIVING into an H.264 mp4 (with the driving audio, in sync)."""
+    from personalive_cli.pipeline.animate import AnimateOptions, animate
+
+    opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
+                          seed=seed, crop=crop, weights=weights, crf=crf)
+    progress = frame_progress()
+    state = {}
+
+    def on_start(total, out_fps):
+        progress.start()  # only once inputs are validated, so an early error prints one line
+        state["task"] = progress.add_task(f"animate ({method})", total=total, fps="-- fps")
+
+    def on_frame():
+        progress.advance(state["task"])
+        progress.update(state["task"], fps=fps_text(progress.tasks[state["task"]]))
+
+    started = time.perf_counter()
+    try:
+        result = animate(reference, driving, output, opts, on_start=on_start, on_frame=on_frame)
+    finally:
+        progress.stop()
+    seconds = time.perf_counter() - started
+    err.print(f"wrote {result.path} ({result.frames} frames at {float(result.fps):.3f} fps"
+              f"{', with audio' if result.audio else ''}) in {seconds:.1f} s ({result.frames / seconds:.2f} frames/s)")
+
+
+@app.command("stream")
+@handle_errors
+def stream_cmd(
+    reference: Annotated[Path, typer.Option("--reference", "-r", help="reference portrait")],
+    source: Annotated[str, typer.Option("--source", "-s", help="video file, /dev/videoN webcam, or - for stdin")],
+    method: Annotated[str, typer.Option(help="method name")] = "personalive",
+    fmt: Annotated[str, typer.Option("--format", help="stdout format: y4m or rgb24")] = "y4m",
+    to: Annotated[str | None, typer.Option("--to", help="send to ffmpeg instead: a file, rtmp:// URL or /dev/videoN")] = None,
+    size: Size = 512,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    crop: Annotated[str, typer.Option(help="auto|none")] = "auto",
+    realtime: Annotated[bool | None, typer.Option("--realtime/--no-realtime",
+                        help="pace the source in real time and drop frames when behind (default: webcams only)")] = None,
+    input_format: Annotated[str, typer.Option(help="stdin format: auto (y4m by magic, else rgb24), y4m, rgb24")] = "auto",
+    input_size: Annotated[str | None, typer.Option(help="WxH of raw rgb24 stdin frames")] = None,
+    input_fps: Annotated[float, typer.Option(help="fps of raw rgb24 stdin frames")] = 25.0,
+    weights: Weights = None,
+) -> None:
+    """Animate REFERENCE live from SOURCE, frame by frame, to stdout (y4m/rgb24) or ffmpeg (--to)."""
+    from personalive_cli.pipeline.live import LiveOptions, run_stream
+
+    opts = LiveOptions(method=method, fmt=fmt, to=to, size=size, device=device, dtype=dtype, seed=seed, crop=crop,
+                       realtime=realtime, input_format=input_format, input_size=input_size, input_fps=input_fps,
+                       weights=weights)
+    stats = run_stream(reference, source, opts)
+    if stats.closed:
+        return
+    dropped = f", {stats.dropped} dropped to keep up in real time" if stats.dropped else ""
+    err.print(f"stream: {stats.received} frames in, {stats.written} out{dropped}")
+
+
+def main() -> None:
+    app()
+
+
+if __name__ == "__main__":
+    main()

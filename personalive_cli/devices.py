@@ -1,0 +1,37 @@
+"""Device and dtype choice: ``auto`` picks cuda, then mps, then cpu."""
+
+from __future__ import annotations
+
+import torch
+
+from personalive_cli.errors import UserError
+
+DEVICES = ("auto", "cpu", "cuda", "mps")
+
+
+def resolve_device(name: str) -> torch.device:
+    if name not in DEVICES and not name.startswith("cuda:"):
+        raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
+    if name == "auto":
+        if torch.cuda.is_available():
+            return torch.device("cuda")
+        if getattr(torch.backends, "mps", None) and torch.backends.mps.is_available():
+            return torch.device("mps")
+        return torch.device("cpu")
+    if name.startswith("cuda") and not torch.cuda.is_available():
+        raise UserError(f"--device {name} was asked for, but CUDA is not available on this machine")
+    if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
+        raise UserError("--device mps was asked for, but MPS is not available on this machine")
+    return torch.device(name)
+
+
+def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
+    """``auto``: fp16 on CUDA, fp32 elsewhere. Half precision on the CPU is refused (slow and lossy)."""
+    table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+    if name == "auto":
+        return torch.float16 if device.type == "cuda" else torch.float32
+    if name not in table:
+        raise UserError(f"unknown dtype {name!r}; choose one of auto, {', '.join(table)}")
+    if device.type == "cpu" and name != "fp32":
+        raise UserError(f"--dtype {name} needs a CUDA device; on the CPU use fp32")
+    return table[name]

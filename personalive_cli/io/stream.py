@@ -1,0 +1,215 @@
+"""Live driving sources (file, V4L2 webcam, stdin) and frame sinks (y4m / rgb24 / ffmpeg)."""
+
+from __future__ import annotations
+
+import collections
+import os
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from fractions import Fraction
+from pathlib import Path
+from typing import BinaryIO
+
+import av
+import numpy as np
+
+from personalive_cli.errors import UserError
+from personalive_cli.io.ffmpeg import find_ffmpeg
+from personalive_cli.io.video import VideoReader
+
+
+class Source:
+    """Driving frames as uint8 RGB ``(h, w, 3)``. ``live`` sources are paced by the outside world."""
+
+    def __init__(self, frames: Iterator[np.ndarray], fps: Fraction, live: bool, name: str):
+        self.frames, self.fps, self.live, self.name = frames, fps, live, name
+
+
+def _pyav_frames(container, name: str) -> Iterator[np.ndarray]:
+    try:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+    except av.error.FFmpegError as exc:
+        raise UserError(f"reading {name} failed: {exc}") from None
+    finally:
+        container.close()
+
+
+def _parse_size(text: str) -> tuple[int, int]:
+    try:
+        w, h = (int(v) for v in text.lower().split("x"))
+        return w, h
+    except ValueError:
+        raise UserError(f"--input-size must look like 512x512, got {text!r}") from None
+
+
+def open_source(spec: str, input_format: str = "auto", input_size: str | None = None,
+                input_fps: float = 25.0, realtime: bool | None = None) -> Source:
+    """``-`` (stdin: y4m, detected by its magic, or raw rgb24 with ``input_size``), a V4L2 device
+    (``/dev/video0``) or a video file. ``realtime`` None: only webcams are live."""
+    if spec == "-":
+        stdin: BinaryIO = sys.stdin.buffer
+        head = stdin.peek(9)[:9] if hasattr(stdin, "peek") else b""
+        fmt = input_format
+        if fmt == "auto":
+            fmt = "y4m" if head.startswith(b"YUV4MPEG2") else "rgb24"
+        if fmt == "y4m":
+            if not head:
+                raise UserError("no data on stdin")
+            try:
+                container = av.open(stdin, format="yuv4mpegpipe")
+            except av.error.FFmpegError as exc:
+                raise UserError(f"stdin is not a y4m stream: {exc}") from None
+        elif fmt == "rgb24":
+            if not input_size:
+                raise UserError("raw rgb24 on stdin needs --input-size WxH (or send y4m: ffmpeg ... -f yuv4mpegpipe -)")
+            w, h = _parse_size(input_size)
+            container = av.open(stdin, format="rawvideo", options={
+                "video_size": f"{w}x{h}", "pixel_format": "rgb24", "framerate": str(input_fps)})
+        else:
+            raise UserError(f"unknown --input-format {input_format!r}; choose auto, y4m or rgb24")
+        fps = container.streams.video[0].guessed_rate or Fraction(input_fps)
+        return Source(_pyav_frames(container, "stdin"), Fraction(fps), bool(realtime), "stdin")
+    if spec.startswith("/dev/video"):
+        if not Path(spec).exists():
+            raise UserError(f"webcam {spec} not found")
+        try:
+            container = av.open(spec, format="v4l2")
+        except av.error.FFmpegError as exc:
+            raise UserError(f"cannot open webcam {spec}: {exc}") from None
+        fps = container.streams.video[0].guessed_rate or Fraction(30)
+        return Source(_pyav_frames(container, spec), Fraction(fps), realtime is not False, spec)
+    reader = VideoReader(spec)
+    return Source(reader.iter_frames(), reader.info.fps, bool(realtime), spec)
+
+
+class LiveBuffer:
+    """Reads a source on a thread, paced to its fps, keeping at most ``capacity`` frames: when the
+    consumer falls behind, the oldest frames are dropped (and counted) so latency stays bounded."""
+
+    def __init__(self, source: Source, capacity: int, pace: bool):
+        self.capacity = capacity
+        self.dropped = 0
+        self.received = 0
+        self.error: BaseException | None = None
+        self._frames: collections.deque = collections.deque()
+        self._cond = threading.Condition()
+        self._done = False
+        self._thread = threading.Thread(target=self._run, args=(source, pace), daemon=True)
+        self._thread.start()
+
+    def _run(self, source: Source, pace: bool) -> None:
+        start = time.monotonic()
+        try:
+            for i, frame in enumerate(source.frames):
+                if pace:
+                    delay = start + float(i / source.fps) - time.monotonic()
+                    if delay > 0:
+                        time.sleep(delay)
+                with self._cond:
+                    self._frames.append(frame)
+                    self.received += 1
+                    while len(self._frames) > self.capacity:
+                        self._frames.popleft()
+                        self.dropped += 1
+                    self._cond.notify()
+        except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
+            self.error = exc
+        finally:
+            with self._cond:
+                self._done = True
+                self._cond.notify()
+
+    def __iter__(self) -> Iterator[list[np.ndarray]]:
+        """Batches of the frames available now (at least one), until the source ends."""
+        while True:
+            with self._cond:
+                while not self._frames and not self._done:
+                    self._cond.wait()
+                batch = list(self._frames)
+                self._frames.clear()
+                done = self._done
+            if batch:
+                yield batch
+            if done and not batch:
+                if self.error is not None:
+                    raise self.error
+                return
+
+
+class Sink:
+    """Where output frames go: ``y4m`` or ``rgb24`` bytes on a binary stream, or an ffmpeg process."""
+
+    def __init__(self, out: BinaryIO, fmt: str, fps: Fraction, process: subprocess.Popen | None = None,
+                 finalize: tuple[Path, Path] | None = None):
+        if fmt not in ("y4m", "rgb24"):
+            raise UserError(f"unknown --format {fmt!r}; choose y4m or rgb24")
+        self.out, self.fmt, self.fps, self.process, self.finalize = out, fmt, fps, process, finalize
+        self._header_written = False
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.ascontiguousarray(frame, dtype=np.uint8)
+        if self.fmt == "rgb24":
+            self.out.write(frame.tobytes())
+        else:
+            h, w = frame.shape[:2]
+            if not self._header_written:
+                fps = Fraction(self.fps).limit_denominator(1001000)
+                self.out.write(f"YUV4MPEG2 W{w} H{h} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg\n".encode())
+                self._header_written = True
+            yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray()
+            self.out.write(b"FRAME\n")
+            self.out.write(yuv.tobytes())
+        self.frames += 1
+
+    def close(self, ok: bool = True) -> None:
+        try:
+            self.out.flush()
+        except (BrokenPipeError, ValueError):
+            pass
+        if self.process is not None:
+            try:
+                self.out.close()
+            except BrokenPipeError:
+                pass
+            code = self.process.wait()
+            if self.finalize is not None:
+                tmp, final = self.finalize
+                if ok and code == 0 and self.frames:
+                    os.replace(tmp, final)
+                else:
+                    tmp.unlink(missing_ok=True)
+            if code != 0 and ok:
+                err = self.process.stderr.read().decode(errors="replace").strip().splitlines() if self.process.stderr else []
+                raise UserError(f"ffmpeg failed (exit {code}): {err[-1] if err else 'no message'}")
+
+
+def ffmpeg_sink(url: str, fps: Fraction) -> Sink:
+    """Pipe y4m into ``ffmpeg`` writing ``url``: a file (written to a temporary name, renamed when
+    ffmpeg succeeds), an RTMP/RTSP/SRT URL, or a v4l2loopback device."""
+    ffmpeg = find_ffmpeg()
+    cmd = [ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-f", "yuv4mpegpipe", "-i", "-"]
+    finalize = None
+    target = url
+    if url.startswith("/dev/video"):
+        cmd += ["-f", "v4l2", "-pix_fmt", "yuv420p"]
+    elif "://" in url:
+        scheme = url.split("://", 1)[0]
+        fmt = {"rtmp": "flv", "rtmps": "flv", "rtsp": "rtsp", "srt": "mpegts", "udp": "mpegts"}.get(scheme)
+        cmd += ["-c:v", "libx264", "-preset", "veryfast", "-tune", "zerolatency", "-pix_fmt", "yuv420p"]
+        if fmt:
+            cmd += ["-f", fmt]
+    else:
+        final = Path(url)
+        if not final.parent.is_dir():
+            raise UserError(f"output folder does not exist: {final.parent}")
+        tmp = final.with_name(f".{final.stem}.part{final.suffix}")
+        finalize, target = (tmp, final), str(tmp)
+        cmd += ["-c:v", "libx264", "-crf", "18", "-pix_fmt", "yuv420p"]
+    cmd.append(target)
+    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    return Sink(process.stdin, "y4m", fps, process=process, finalize=finalize)

@@ -1,0 +1,278 @@
+"""Decoding and encoding video files with PyAV.
+
+PyAV (FFmpeg) honours MP4 edit lists: the shared demo's header announces 1641 frames, but its edit
+list trims 110 leading ones and 1531 are presented. We count presented frames from the demuxed
+packets (skipping those flagged as discarded), which is exact and needs no decoding, and seek by
+presentation timestamp so that random access returns the frames sequential decoding returns.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+from personalive_cli.errors import UserError
+
+
+@dataclass(frozen=True)
+class VideoInfo:
+    width: int
+    height: int
+    fps: Fraction
+    frames: int
+    has_audio: bool
+
+    @property
+    def duration(self) -> float:
+        return float(self.frames / self.fps) if self.fps else 0.0
+
+
+def _open(path: Path):
+    if not path.is_file():
+        raise UserError(f"driving video not found: {path}")
+    try:
+        container = av.open(str(path))
+    except (av.error.FFmpegError, OSError, ValueError) as exc:
+        raise UserError(f"cannot read video {path}: {exc}") from None
+    if not container.streams.video:
+        container.close()
+        raise UserError(f"{path} has no video stream")
+    return container
+
+
+class VideoReader:
+    """Frames of a video file as uint8 RGB ``(h, w, 3)``, sequentially or by index."""
+
+    def __init__(self, path: str | Path):
+        self.path = Path(path)
+        container = _open(self.path)
+        try:
+            stream = container.streams.video[0]
+            has_audio = bool(container.streams.audio)
+            pts = []
+            try:
+                for packet in container.demux(stream):
+                    if packet.size and not packet.is_discard and packet.pts is not None:
+                        pts.append(packet.pts)
+            except av.error.FFmpegError as exc:
+                raise UserError(f"cannot read video {self.path}: {exc}") from None
+            # Presentation order; B-frames make decode order differ.
+            self._pts = sorted(pts)
+            self._time_base = stream.time_base
+            fps = stream.guessed_rate or stream.average_rate
+            if not fps and len(self._pts) > 1:
+                fps = Fraction(len(self._pts) - 1) / ((self._pts[-1] - self._pts[0]) * self._time_base)
+            width, height = stream.codec_context.width, stream.codec_context.height
+        finally:
+            container.close()
+        if not self._pts or not width or not height:
+            raise UserError(f"{self.path} has no decodable video frames")
+        self.info = VideoInfo(width=width, height=height, fps=Fraction(fps or 25), frames=len(self._pts),
+                              has_audio=has_audio)
+        self._container = None
+
+    def __len__(self) -> int:
+        return self.info.frames
+
+    @property
+    def first_frame_time(self) -> float:
+        """Presentation time (s) of the first frame; audio is aligned to it."""
+        return float(self._pts[0] * self._time_base)
+
+    def frame_time(self, index: int) -> float:
+        return float(self._pts[index] * self._time_base)
+
+    def __iter__(self) -> Iterator[np.ndarray]:
+        return self.iter_frames()
+
+    def iter_frames(self, start: int = 0, stop: int | None = None) -> Iterator[np.ndarray]:
+        """Decode frames ``start .. stop-1`` in order."""
+        stop = len(self) if stop is None else min(stop, len(self))
+        if start >= stop:
+            return
+        container = av.open(str(self.path))
+        try:
+            stream = container.streams.video[0]
+            stream.thread_type = "AUTO"
+            if start > 0:
+                container.seek(self._pts[start], stream=stream, backward=True)
+            first_pts = self._pts[start]
+            index = start
+            try:
+                for frame in container.decode(stream):
+                    if frame.pts is None or frame.pts < first_pts:
+                        continue
+                    yield frame.to_ndarray(format="rgb24")
+                    index += 1
+                    if index >= stop:
+                        return
+            except av.error.FFmpegError as exc:
+                raise UserError(f"decoding {self.path} failed at frame {index}: {exc}") from None
+        finally:
+            container.close()
+
+    def read(self, indices: Sequence[int]) -> list[np.ndarray]:
+        """Random access: the frames at ``indices`` (each seek lands on the exact presented frame)."""
+        out = []
+        for i in indices:
+            if not 0 <= i < len(self):
+                raise IndexError(f"frame {i} out of range 0..{len(self) - 1}")
+            out.append(next(self.iter_frames(i, i + 1)))
+        return out
+
+    def resampled_indices(self, fps: Fraction, limit: int | None = None) -> list[int]:
+        """Source frame indices for an output at ``fps``: for output frame k (time k/fps from the first
+        frame) the last source frame presented at or before that time. Exact rational maths, so a
+        29.97 → 25 fps resample does not drift."""
+        t0 = self._pts[0]
+        out = []
+        j = 0
+        k = 0
+        n = len(self._pts)
+        end = (self._pts[-1] - t0) * self._time_base + 1 / self.info.fps
+        while True:
+            t = Fraction(k) / fps
+            if t >= end or (limit is not None and k >= limit):
+                break
+            while j + 1 < n and (self._pts[j + 1] - t0) * self._time_base <= t:
+                j += 1
+            out.append(j)
+            k += 1
+        return out
+
+
+class VideoWriter:
+    """H.264 mp4 writer. Frames go to a temporary file beside the target, which is renamed into
+    place by :meth:`close`; :meth:`abort` (or an exception inside ``with``) deletes it, so no
+    half-written file is ever left at the target path.
+
+    With ``audio_from``, the audio of that file starting at ``audio_start`` seconds is re-encoded
+    to AAC and cut to the video's duration, so it stays in sync whatever the frame count.
+    """
+
+    def __init__(self, path: str | Path, fps: Fraction | float, crf: int = 18, audio_from: str | Path | None = None,
+                 audio_start: float = 0.0):
+        self.path = Path(path)
+        if not self.path.parent.is_dir():
+            raise UserError(f"output folder does not exist: {self.path.parent}")
+        self.fps = Fraction(fps).limit_denominator(100000)
+        self.crf = crf
+        self.audio_from = Path(audio_from) if audio_from else None
+        self.audio_start = audio_start
+        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
+        os.close(fd)
+        umask = os.umask(0)
+        os.umask(umask)
+        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets normal permissions
+        self._tmp = Path(tmp)
+        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._stream = None
+        self.frames = 0
+
+    def write(self, frame: np.ndarray) -> None:
+        frame = np.ascontiguousarray(frame, dtype=np.uint8)
+        if self._stream is None:
+            h, w = frame.shape[:2]
+            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream.width, self._stream.height = w - w % 2, h - h % 2
+            self._stream.pix_fmt = "yuv420p"
+            self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+            self._stream.codec_context.time_base = 1 / self.fps
+        vf = av.VideoFrame.from_ndarray(frame[: self._stream.height, : self._stream.width], format="rgb24")
+        vf.pts = self.frames
+        vf.time_base = 1 / self.fps
+        self._container.mux(self._stream.encode(vf))
+        self.frames += 1
+
+    def close(self) -> Path:
+        if self._stream is None:
+            self.abort()
+            raise UserError("no frames were produced; nothing written")
+        self._container.mux(self._stream.encode(None))
+        self._container.close()
+        if self.audio_from is not None:
+            self._mux_audio()
+        os.replace(self._tmp, self.path)
+        return self.path
+
+    def abort(self) -> None:
+        try:
+            self._container.close()
+        except Exception:  # noqa: BLE001 - already failing; the temp file is removed below
+            pass
+        self._tmp.unlink(missing_ok=True)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, exc_type, exc, tb):
+        if exc_type is None:
+            self.close()
+        else:
+            self.abort()
+
+    def _mux_audio(self) -> None:
+        """Rewrite the temp file with the driving audio added (video packets copied, not re-encoded)."""
+        src = av.open(str(self.audio_from))
+        if not src.streams.audio:
+            src.close()
+            return
+        duration = float(self.frames / self.fps)
+        video_in = av.open(str(self._tmp))
+        fd, muxed = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mux.mp4", dir=self.path.parent)
+        os.close(fd)
+        try:
+            out = av.open(muxed, mode="w", format="mp4")
+            v_in = video_in.streams.video[0]
+            v_out = out.add_stream_from_template(v_in)
+            a_in = src.streams.audio[0]
+            a_out = out.add_stream("aac", rate=a_in.codec_context.sample_rate or 48000)
+            a_out.layout = a_in.codec_context.layout.name if a_in.codec_context.layout else "stereo"
+            for packet in video_in.demux(v_in):
+                if packet.dts is None:
+                    continue
+                packet.stream = v_out
+                out.mux(packet)
+            resampler = av.AudioResampler(format=a_out.codec_context.format, layout=a_out.layout,
+                                          rate=a_out.codec_context.sample_rate)
+            rate = a_out.codec_context.sample_rate
+            start = self.audio_start
+            end = start + duration
+            written = 0
+            total = int(round(duration * rate))
+            for frame in src.decode(a_in):
+                if frame.time is None:
+                    continue
+                for rf in resampler.resample(frame):
+                    t0 = float(rf.time) if rf.time is not None else start + written / rate
+                    data = rf.to_ndarray()
+                    first = max(0, int(round((start - t0) * rate)))
+                    keep = min(data.shape[-1], total - written + first)
+                    if first >= keep:
+                        if t0 >= end:
+                            break
+                        continue
+                    chunk = av.AudioFrame.from_ndarray(np.ascontiguousarray(data[..., first:keep]),
+                                                       format=rf.format.name, layout=rf.layout.name)
+                    chunk.sample_rate = rate
+                    chunk.pts = written
+                    chunk.time_base = Fraction(1, rate)
+                    written += keep - first
+                    out.mux(a_out.encode(chunk))
+                if written >= total:
+                    break
+            out.mux(a_out.encode(None))
+            out.close()
+            os.chmod(muxed, os.stat(self._tmp).st_mode)
+            os.replace(muxed, self._tmp)
+        finally:
+            video_in.close()
+            src.close()
+            Path(muxed).unlink(missing_ok=True)

@@ -1,0 +1,69 @@
+"""`personalive stream` in shell pipelines, as users run it."""
+
+import subprocess
+import sys
+
+import numpy as np
+from helpers import probe
+
+CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
+
+
+def test_stream_y4m_into_ffmpeg(tmp_path, demo_ref, demo_drive, ffmpeg):
+    clip = tmp_path / "clip.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "40", str(clip)], check=True)
+    out = tmp_path / "out.mp4"
+    stream = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip),
+                               "--method", "still", "--size", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
+    enc = subprocess.run([ffmpeg, "-loglevel", "error", "-i", "-", str(out)], stdin=stream.stdout, capture_output=True)
+    stream.stdout.close()
+    err = stream.stderr.read().decode()
+    assert stream.wait() == 0 and enc.returncode == 0, err + enc.stderr.decode()
+    info = probe(out)
+    assert (info["frames"], info["width"], info["fps"]) == (40, 256, 25)
+    assert "40 frames in, 40 out" in err
+
+
+def test_stream_stdin_y4m_to_rgb24(tmp_path, demo_ref, demo_drive, ffmpeg):
+    feed = subprocess.Popen([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "12",
+                             "-f", "yuv4mpegpipe", "-"], stdout=subprocess.PIPE)
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                        "--size", "128", "--format", "rgb24"], stdin=feed.stdout, capture_output=True)
+    feed.stdout.close()
+    assert feed.wait() == 0 and r.returncode == 0, r.stderr.decode()
+    frames = np.frombuffer(r.stdout, np.uint8).reshape(-1, 128, 128, 3)
+    assert len(frames) == 12
+
+
+def test_stream_raw_rgb24_stdin_needs_size(demo_ref):
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                        "--crop", "none"], input=b"\0" * (64 * 64 * 3 * 4), capture_output=True)
+    assert r.returncode == 1 and "--input-size" in r.stderr.decode()
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                        "--crop", "none", "--size", "128", "--input-size", "64x64", "--format", "rgb24"],
+                       input=b"\0" * (64 * 64 * 3 * 4), capture_output=True)
+    assert r.returncode == 0, r.stderr.decode()
+    assert len(r.stdout) == 4 * 128 * 128 * 3
+
+
+def test_closed_pipe_ends_quietly(demo_ref, demo_drive):
+    r = subprocess.run(f"{sys.executable} -m personalive_cli.cli.app stream --reference {demo_ref} "
+                       f"--source {demo_drive} --method still --size 128 | head -c 1000 > /dev/null; "
+                       "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True)
+    assert r.stdout.strip() == "0"
+    assert "Traceback" not in r.stderr and "Error" not in r.stderr
+
+
+def test_stream_to_file_via_ffmpeg(tmp_path, demo_ref, demo_drive):
+    out = tmp_path / "live.mp4"
+    clip = tmp_path / "c.mp4"
+    from helpers import write_video
+
+    from personalive_cli.io.video import VideoReader
+
+    write_video(clip, list(VideoReader(demo_drive).iter_frames(0, 16)))
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip), "--method", "still",
+                        "--size", "128", "--to", str(out)], capture_output=True, text=True)
+    assert r.returncode == 0, r.stderr
+    assert probe(out)["frames"] == 16
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "live.mp4"]

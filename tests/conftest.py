@@ -1,0 +1,36 @@
+"""Shared fixtures: the demo files in ../shared (skip cleanly when absent) and small generated videos."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from helpers import DEMO_DRIVE, DEMO_REF, SHARED
+
+
+@pytest.fixture(scope="session")
+def shared_dir() -> Path:
+    if not SHARED.is_dir():
+        pytest.skip("../shared is absent")
+    return SHARED
+
+
+@pytest.fixture(scope="session")
+def demo_ref(shared_dir) -> Path:
+    if not DEMO_REF.is_file():
+        pytest.skip("demo portrait absent")
+    return DEMO_REF
+
+
+@pytest.fixture(scope="session")
+def demo_drive(shared_dir) -> Path:
+    if not DEMO_DRIVE.is_file():
+        pytest.skip("demo driving video absent")
+    return DEMO_DRIVE
+
+
+@pytest.fixture(scope="session")
+def ffmpeg() -> str:
+    from personalive_cli.io.ffmpeg import find_ffmpeg
+
+    return find_ffmpeg()

@@ -1,0 +1,52 @@
+"""Helpers shared by tests (importable as ``helpers`` because pytest puts tests/ on sys.path)."""
+
+from __future__ import annotations
+
+import subprocess
+from fractions import Fraction
+from pathlib import Path
+
+import av
+import numpy as np
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+DEMO_REF = SHARED / "demo" / "ref_image.png"
+DEMO_DRIVE = SHARED / "demo" / "driving_video.mp4"
+DEMO_FRAMES = 1531  # presented frames; the header says 1641 (an edit list trims 110)
+
+
+def make_driving_with_audio(ffmpeg: str, src: Path, dst: Path, fps: str, seconds: float) -> Path:
+    """Re-time ``src`` to ``fps`` and mux a 440 Hz tone, as a driving video with an audio track."""
+    subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
+                    "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
+                    "-r", fps, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(dst)],
+                   check=True)
+    return dst
+
+
+def write_video(path: Path, frames: list[np.ndarray], fps: int = 25) -> Path:
+    """Encode uint8 frames with PyAV (tests' own synthetic videos)."""
+    with av.open(str(path), mode="w") as c:
+        s = c.add_stream("libx264", rate=fps)
+        s.width, s.height, s.pix_fmt = frames[0].shape[1], frames[0].shape[0], "yuv420p"
+        for f in frames:
+            c.mux(s.encode(av.VideoFrame.from_ndarray(f, format="rgb24")))
+        c.mux(s.encode(None))
+    return path
+
+
+def probe(path: Path) -> dict:
+    """Frame count, size, fps and audio duration of a file, read back with PyAV."""
+    with av.open(str(path)) as c:
+        v = c.streams.video[0]
+        frames = sum(1 for _ in c.decode(v))
+    with av.open(str(path)) as c:
+        audio = c.streams.audio[0] if c.streams.audio else None
+        audio_seconds = None
+        if audio is not None:
+            samples = sum(f.samples for f in c.decode(audio))
+            audio_seconds = samples / audio.codec_context.sample_rate
+        v = c.streams.video[0]
+        return {"frames": frames, "width": v.codec_context.width, "height": v.codec_context.height,
+                "fps": Fraction(v.guessed_rate or v.average_rate), "audio_seconds": audio_seconds}
