@@ -1,0 +1,1 @@
+"""One file per network of PersonaLive (and the pieces the LivePortrait baseline shares)."""
