@@ -34,3 +34,19 @@ def ffmpeg() -> str:
     from personalive_cli.io.ffmpeg import find_ffmpeg
 
     return find_ffmpeg()
+
+
+@pytest.fixture(scope="session")
+def tiny_models():
+    """The tiny PersonaLive (same architecture, few channels), seeded random weights."""
+    from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
+
+    return PersonaLiveModels.random(PersonaLiveConfig.tiny(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def tiny_weights(tmp_path_factory, tiny_models) -> Path:
+    """A weights folder in the official layout holding the tiny model (what users' folders look like)."""
+    root = tmp_path_factory.mktemp("tiny_weights")
+    tiny_models.save_pretrained(root)
+    return root

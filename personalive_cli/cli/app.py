@@ -19,6 +19,20 @@ app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_
 Weights = Annotated[str | None, typer.Option("--weights", "-w", help="weights folder (else $PERSONALIVE_WEIGHTS, then the hub cache)")]
 Device = Annotated[str, typer.Option(help="auto|cpu|cuda|mps")]
 Size = Annotated[int, typer.Option(help="working resolution (square)")]
+Vae = Annotated[str, typer.Option(help="full: sd-vae-ft-mse decoder; tiny: TAESD (faster, slightly softer)")]
+Attention = Annotated[str, typer.Option(help="sdpa (PyTorch, default) or xformers (CUDA, if installed)")]
+
+
+def _model_options(method: str, vae: str, attention: str) -> dict:
+    """Model options only for the methods that have these knobs (diffusion models); checked by them."""
+    from personalive_cli.errors import UserError
+
+    cls = registry.get(method)
+    if not getattr(cls, "needs_weights", False):
+        if vae != "full" or attention != "sdpa":
+            raise UserError(f"method {method!r} has no --vae/--attention options")
+        return {}
+    return {"vae": vae, "attention": attention}
 
 
 @app.callback(invoke_without_command=True)
@@ -67,13 +81,16 @@ def animate_cmd(
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
     crop: Annotated[str, typer.Option(help="auto: face-centred square crops; none: resize whole frames")] = "auto",
     crf: Annotated[int, typer.Option(help="H.264 quality (lower is better)")] = 18,
+    vae: Vae = "full",
+    attention: Attention = "sdpa",
     weights: Weights = None,
 ) -> None:
     """Animate REFERENCE with DRIVING into an H.264 mp4 (with the driving audio, in sync)."""
     from personalive_cli.pipeline.animate import AnimateOptions, animate
 
     opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
-                          seed=seed, crop=crop, weights=weights, crf=crf)
+                          seed=seed, crop=crop, weights=weights, crf=crf,
+                          method_options=_model_options(method, vae, attention))
     progress = frame_progress()
     state = {}
 
@@ -113,6 +130,8 @@ def stream_cmd(
     input_format: Annotated[str, typer.Option(help="stdin format: auto (y4m by magic, else rgb24), y4m, rgb24")] = "auto",
     input_size: Annotated[str | None, typer.Option(help="WxH of raw rgb24 stdin frames")] = None,
     input_fps: Annotated[float, typer.Option(help="fps of raw rgb24 stdin frames")] = 25.0,
+    vae: Vae = "full",
+    attention: Attention = "sdpa",
     weights: Weights = None,
 ) -> None:
     """Animate REFERENCE live from SOURCE, frame by frame, to stdout (y4m/rgb24) or ffmpeg (--to)."""
@@ -120,12 +139,17 @@ def stream_cmd(
 
     opts = LiveOptions(method=method, fmt=fmt, to=to, size=size, device=device, dtype=dtype, seed=seed, crop=crop,
                        realtime=realtime, input_format=input_format, input_size=input_size, input_fps=input_fps,
-                       weights=weights)
+                       weights=weights, method_options=_model_options(method, vae, attention))
     stats = run_stream(reference, source, opts)
     if stats.closed:
         return
     dropped = f", {stats.dropped} dropped to keep up in real time" if stats.dropped else ""
     err.print(f"stream: {stats.received} frames in, {stats.written} out{dropped}")
+
+
+from personalive_cli.cli.weights_cmd import mount as _mount_weights  # noqa: E402
+
+_mount_weights(app)
 
 
 def main() -> None:

@@ -1,3 +1,6 @@
 """Built-in methods; importing this package registers them."""
 
-from personalive_cli.methods import still  # noqa: F401
+from personalive_cli.methods import (
+    personalive,  # noqa: F401, E402
+    still,  # noqa: F401
+)

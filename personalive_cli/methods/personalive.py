@@ -1,0 +1,111 @@
+"""``personalive``: the PersonaLive model behind the Method interface (the streaming engine)."""
+
+from __future__ import annotations
+
+from collections import deque
+from collections.abc import Iterator
+
+import numpy as np
+import torch
+
+from personalive_cli.errors import UserError
+from personalive_cli.registry import Method, MethodStatus, Session, register
+
+HISTORY = 13  # the official end padding mirrors the 12 driving frames before the last one
+
+
+class PersonaLiveSession(Session):
+    """Feeds the engine 4 frames at a time. Warm-up chunks are not emitted, so output i is the
+    animation of driving frame i; :meth:`flush` pushes mirrored look-ahead frames (as the official
+    offline pipeline pads the end of a video) until every driving frame has its output."""
+
+    def __init__(self, engine):
+        super().__init__(frames_per_step=4)
+        self.engine = engine
+        self.history: deque[np.ndarray] = deque(maxlen=HISTORY)
+        self.received = 0
+        self.emitted = 0
+
+    def push(self, frames: np.ndarray) -> Iterator[np.ndarray]:
+        frames = np.asarray(frames)
+        if frames.ndim == 3:
+            frames = frames[None]
+        self.history.extend(frames)
+        self.received += len(frames)
+        yield from super().push(frames)
+
+    def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:
+        out = self.engine.step(frames, decode_warmup=False)
+        if out.warmup:
+            return
+        for frame in out.frames[: self.received - self.emitted]:
+            self.emitted += 1
+            yield frame
+
+    def flush(self) -> Iterator[np.ndarray]:
+        if not self.history:
+            return
+        history = list(self.history)
+        pad = history[-2::-1] or history[-1:]  # the frames before the last, newest first
+        while self.emitted < self.received:
+            need = self.frames_per_step - len(self._pending)
+            while len(pad) < need:
+                pad = pad + pad[-1:]
+            self._pending.extend(pad[:need])
+            pad = pad[need:]
+            step = np.stack(self._pending)
+            self._pending = []
+            yield from self.step(step)
+
+
+@register("personalive")
+class PersonaLive(Method):
+    frames_per_step = 4
+    needs_weights = True
+    description = "PersonaLive (CVPR 2026): 4-step streaming diffusion with hybrid motion control and keyframes"
+
+    def __init__(self, weights=None, device="cpu", dtype=None, size=512, seed=42, random_weights: bool = False,
+                 vae: str = "full", attention: str = "sdpa", engine_options=None, **options):
+        super().__init__(weights=weights, device=device, dtype=dtype, size=size, seed=seed, **options)
+        from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
+        from personalive_cli.pipeline.engine import EngineOptions
+
+        if vae not in ("full", "tiny"):
+            raise UserError(f"unknown --vae {vae!r}; choose full or tiny")
+        if attention == "xformers" and torch.device(device).type != "cuda":
+            raise UserError("--attention xformers needs a CUDA device; on this device use --attention sdpa")
+        self.dtype = dtype or torch.float32
+        if random_weights:
+            models = PersonaLiveModels.random(PersonaLiveConfig(), seed=seed or 0)
+            if vae == "tiny":
+                from diffusers import AutoencoderTiny
+
+                models.taesd = AutoencoderTiny()
+        else:
+            models = PersonaLiveModels.from_pretrained(weights, tiny_vae=vae == "tiny")
+        try:
+            models.denoising_unet.set_attention_backend(attention)
+            models.reference_unet.set_attention_backend(attention)
+        except (RuntimeError, ValueError) as exc:
+            raise UserError(str(exc)) from None
+        self.models = models.to(device=device, dtype=self.dtype)
+        self.engine_options = engine_options or EngineOptions(tiny_vae=vae == "tiny")
+
+    @classmethod
+    def status(cls, weights=None) -> MethodStatus:
+        from personalive_cli.weights import resolve_weights
+
+        try:
+            resolve_weights(weights)
+        except UserError as exc:
+            return MethodStatus(ready=False, detail=str(exc).split(";")[0],
+                                needs=["personalive weights download DIR", "then --weights DIR or PERSONALIVE_WEIGHTS=DIR"])
+        return MethodStatus(ready=True, detail="weights found")
+
+    def start(self, reference: np.ndarray) -> Session:
+        from personalive_cli.pipeline.engine import StreamEngine
+
+        engine = StreamEngine(self.models, size=self.size, device=self.device, dtype=self.dtype,
+                              seed=42 if self.seed is None else self.seed, options=self.engine_options)
+        engine.set_reference(reference)
+        return PersonaLiveSession(engine)

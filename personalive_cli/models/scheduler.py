@@ -1,0 +1,63 @@
+"""PersonaLive's DDIM step: per-frame timesteps and a fixed step length (η = 0, ε-prediction).
+
+The noise schedule is diffusers' "scaled_linear" with β from 0.00085 to **0.02** (not SD's 0.012)
+over 1000 steps, so ᾱ comes from diffusers' own ``DDIMScheduler``. The step itself is a few lines,
+because the official one differs from diffusers' in two ways that matter: every frame of the
+window has its own timestep, and the previous timestep is always ``t - step_length`` (333).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+from diffusers import DDIMScheduler
+
+
+@dataclass(frozen=True)
+class SchedulerConfig:
+    num_train_timesteps: int = 1000
+    beta_start: float = 0.00085
+    beta_end: float = 0.02
+    beta_schedule: str = "scaled_linear"
+    step_length: int = 333
+    timesteps: tuple[int, ...] = (999, 666, 333, 0)  # noise levels of the four window chunks, newest first
+
+
+class StreamScheduler:
+    """``step`` and ``add_noise`` over a window whose frames sit at different noise levels."""
+
+    def __init__(self, config: SchedulerConfig | None = None):
+        self.config = config = config or SchedulerConfig()
+        ddim = DDIMScheduler(num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
+                             beta_end=config.beta_end, beta_schedule=config.beta_schedule,
+                             set_alpha_to_one=True, clip_sample=False, prediction_type="epsilon")
+        self.alphas_cumprod = ddim.alphas_cumprod.to(torch.float32)  # (1000,)
+
+    def _alpha(self, t: torch.Tensor) -> torch.Tensor:
+        """ᾱ_t for integer timesteps; 1 for t < 0 (``set_alpha_to_one``)."""
+        a = self.alphas_cumprod.to(t.device)[t.clamp(min=0)]
+        return torch.where(t >= 0, a, torch.ones_like(a))
+
+    def step(self, eps: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor):
+        """One DDIM step of ``step_length`` for every frame.
+
+        eps, sample: (b, c, f, h, w); timesteps: (f,) integer. Returns (x_prev, x0), both float32.
+        """
+        t = timesteps.to(device=sample.device, dtype=torch.long)
+        shape = (1, 1, -1, 1, 1)
+        a_t = self._alpha(t).view(shape)
+        a_prev = self._alpha(t - self.config.step_length).view(shape)
+        eps32, x32 = eps.float(), sample.float()
+        x0 = (x32 - (1 - a_t).sqrt() * eps32) / a_t.sqrt()
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps32
+        return x_prev, x0
+
+    def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
+        """sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·noise with per-frame t; x0, noise: (b, c, f, h, w), t: (f,).
+
+        ᾱ is cast to the sample dtype before the square roots, as the official code does (fp16 there).
+        """
+        t = timesteps.to(device=x0.device, dtype=torch.long)
+        a = self._alpha(t).to(x0.dtype).view(1, 1, -1, 1, 1)
+        return a.sqrt() * x0 + (1 - a).sqrt() * noise
