@@ -139,7 +139,10 @@ def resolve_weights(weights: str | Path | None) -> WeightsLayout:
 
 
 def read_state_dict(path: Path) -> dict[str, torch.Tensor]:
-    """A checkpoint file as a flat ``{key: tensor}`` dict on the CPU; a clear error if it is damaged."""
+    """A checkpoint file as a flat ``{key: tensor}`` dict on the CPU; a clear error if it is damaged.
+
+    ``.pth``/``.bin`` files are memory-mapped (multi-GB files load without a second copy), so the
+    tensors read the file lazily: don't overwrite a file while its tensors are in use."""
     try:
         if path.suffix == ".safetensors":
             from safetensors.torch import load_file

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import itertools
 from collections import deque
 from collections.abc import Iterator
 
@@ -46,13 +47,11 @@ class PersonaLiveSession(Session):
         if not self.history:
             return
         history = list(self.history)
-        pad = history[-2::-1] or history[-1:]  # the frames before the last, newest first
+        # Look-ahead after the last frame: the frames before it, newest first (then the oldest kept one).
+        mirror = history[-2::-1] or history[-1:]
+        pad = itertools.chain(mirror, itertools.repeat(mirror[-1]))
         while self.emitted < self.received:
-            need = self.frames_per_step - len(self._pending)
-            while len(pad) < need:
-                pad = pad + pad[-1:]
-            self._pending.extend(pad[:need])
-            pad = pad[need:]
+            self._pending.extend(itertools.islice(pad, self.frames_per_step - len(self._pending)))
             step = np.stack(self._pending)
             self._pending = []
             yield from self.step(step)

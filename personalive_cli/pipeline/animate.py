@@ -49,7 +49,8 @@ def build_method(name: str, size: int, device: str, dtype: str, seed: int, weigh
     torch_dtype = resolve_dtype(dtype, torch_device)
     status = cls.status(weights) if not options.get("random_weights") else None
     if status is not None and not status.ready:
-        raise UserError(f"method {name!r} is not ready: {status.detail}")
+        hint = f"; to set it up: {', '.join(status.needs)}" if status.needs else ""
+        raise UserError(f"method {name!r} is not ready: {status.detail}{hint}")
     return cls(weights=weights, device=torch_device, dtype=torch_dtype, size=size, seed=seed, **options)
 
 

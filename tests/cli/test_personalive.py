@@ -1,0 +1,97 @@
+"""`personalive` commands with the PersonaLive method on a tiny official-layout weights folder."""
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+from helpers import make_driving_with_audio, probe
+
+CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
+ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
+
+
+def run(*args, **kw):
+    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, **kw)
+
+
+def one_error_line(r):
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    return lines[0]
+
+
+def test_animate_writes_every_frame_with_audio(tmp_path, demo_ref, demo_drive, ffmpeg, tiny_weights):
+    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d.mp4", "30", 1)
+    out = tmp_path / "pl.mp4"
+    # 11 frames: not a multiple of the 4-frame step, so the end padding is exercised
+    r = run("animate", demo_ref, drive, "--method", "personalive", "--weights", tiny_weights, "--size", 128,
+            "--frames", 11, "--device", "cpu", "-o", out)
+    assert r.returncode == 0, r.stderr
+    info = probe(out)
+    assert (info["frames"], info["width"], info["fps"]) == (11, 128, 30)
+    assert abs(info["audio_seconds"] - 11 / 30) < 0.03
+
+
+def test_stream_personalive_rgb24(tmp_path, demo_ref, demo_drive, tiny_weights):
+    from helpers import write_video
+
+    from personalive_cli.io.video import VideoReader
+
+    clip = write_video(tmp_path / "c.mp4", list(VideoReader(demo_drive).iter_frames(0, 9)))
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip), "--method",
+                        "personalive", "--weights", str(tiny_weights), "--size", "128", "--format", "rgb24"],
+                       capture_output=True, env=ENV)
+    assert r.returncode == 0, r.stderr.decode()
+    frames = np.frombuffer(r.stdout, np.uint8).reshape(-1, 128, 128, 3)
+    assert len(frames) == 9 and frames.std() > 0
+
+
+def test_methods_reports_weights(tiny_weights, tmp_path):
+    r = run("methods", "--json", "--weights", tiny_weights)
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["personalive"]["ready"] is True and rows["personalive"]["frames_per_step"] == 4
+    r = run("methods", "--json", "--weights", tmp_path / "none")
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert rows["personalive"]["ready"] is False and "not found" in rows["personalive"]["status"]
+
+
+def test_weights_check_ok_and_damaged(tmp_path, tiny_weights):
+    r = run("weights", "check", tiny_weights)
+    assert r.returncode == 0, r.stderr
+    root = tmp_path / "w"
+    shutil.copytree(tiny_weights, root)
+    (root / "personalive" / "temporal_module.pth").write_bytes(b"\0" * 100)
+    r = run("weights", "check", root)
+    assert r.returncode == 1 and "temporal_module.pth" in r.stderr.splitlines()[-1]
+
+
+def test_missing_weights_names_the_download_command(tmp_path, demo_ref, demo_drive):
+    line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights",
+                              tmp_path / "none", "-o", tmp_path / "o.mp4"))
+    assert "weights folder not found" in line and "personalive weights download" in line
+    assert not (tmp_path / "o.mp4").exists()
+
+
+def test_wrong_weights_folder(tmp_path, demo_ref, demo_drive):
+    (tmp_path / "w").mkdir()
+    line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights",
+                              tmp_path / "w", "-o", tmp_path / "o.mp4"))
+    assert "not a PersonaLive weights folder" in line and "denoising_unet.pth" in line
+
+
+def test_cuda_only_options_on_cpu(tmp_path, demo_ref, demo_drive, tiny_weights):
+    line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights",
+                              tiny_weights, "--device", "cpu", "--attention", "xformers", "-o", tmp_path / "o.mp4"))
+    assert "xformers needs a CUDA device" in line
+    line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights",
+                              tiny_weights, "--device", "cpu", "--dtype", "fp16", "-o", tmp_path / "o.mp4"))
+    assert "needs a CUDA device" in line
+
+
+def test_weights_make_tiny(tmp_path):
+    r = run("weights", "make-tiny", tmp_path / "t")
+    assert r.returncode == 0, r.stderr
+    assert (tmp_path / "t" / "personalive" / "denoising_unet.pth").is_file()
