@@ -81,6 +81,8 @@ class Method(abc.ABC):
     name: str = ""
     frames_per_step: int = 1
     description: str = ""
+    needs_weights: bool = False          # has --weights/--vae/--attention knobs (diffusion/GAN models)
+    takes_driving_context: bool = False  # gets fps=, audio=, audio_start= options from `animate`
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", dtype=None, size: int = 512,
                  seed: int | None = None, **options):

@@ -42,13 +42,20 @@ def _root(version: Annotated[bool, typer.Option("--version", help="print the ver
         raise typer.Exit()
 
 
-@app.command("methods")
+methods_app = typer.Typer(help="List the registered methods; `methods configure` sets up a baseline that runs "
+                                "its upstream code.")
+
+
+@methods_app.callback(invoke_without_command=True)
 @handle_errors
 def methods_cmd(
+    ctx: typer.Context,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")] = False,
     weights: Weights = None,
 ) -> None:
     """List the registered methods, whether each can run here, and what it needs."""
+    if ctx.invoked_subcommand is not None:
+        return
     rows = []
     for name, cls in registry.available().items():
         status = cls.status(weights)
@@ -64,6 +71,24 @@ def methods_cmd(
         table.add_row(r["name"], "[green]yes" if r["ready"] else "[red]no", str(r["frames_per_step"]), r["status"],
                       "\n".join(r["needs"]) or "-", r["description"])
     err.print(table)
+
+
+@methods_app.command("configure")
+@handle_errors
+def methods_configure_cmd(
+    name: Annotated[str, typer.Argument(help="x-portrait, follow-your-emoji or megactor-sigma")],
+    repo: Annotated[Path, typer.Option(help="checkout of the method's upstream repository")],
+    python: Annotated[str, typer.Option(help="python of the environment set up for it (its pinned stack)")],
+    weights: Annotated[Path | None, typer.Option(help="its weights (file or folder), where it needs them")] = None,
+) -> None:
+    """Record where a baseline's upstream checkout, interpreter and weights are (user config file)."""
+    from baselines.external import configure
+
+    path = configure(name, repo, python, weights)
+    err.print(f"{name}: {registry.get(name).status().detail} (saved in {path})", highlight=False, soft_wrap=True)
+
+
+app.add_typer(methods_app, name="methods")
 
 
 @app.command("animate")
@@ -150,6 +175,12 @@ def stream_cmd(
 from personalive_cli.cli.weights_cmd import mount as _mount_weights  # noqa: E402
 
 _mount_weights(app)
+
+from benchmarks.cli import mount as _mount_bench  # noqa: E402
+from data_tools.cli import mount as _mount_data  # noqa: E402
+
+_mount_bench(app)
+_mount_data(app)
 
 
 def main() -> None:

@@ -11,18 +11,37 @@ from rich.table import Table
 
 from personalive_cli.cli.console import err, handle_errors
 
-weights_app = typer.Typer(no_args_is_help=True, help="Download and check PersonaLive weights.")
+weights_app = typer.Typer(no_args_is_help=True, help="Download and check PersonaLive (and LivePortrait) weights.")
 
 
 @weights_app.command("download")
 @handle_errors
 def download_cmd(
-    root: Annotated[Path, typer.Argument(help="target folder (official layout)")] = Path("pretrained_weights"),
+    root: Annotated[str, typer.Argument(help="target folder (official layout); or `liveportrait [DIR]`",
+                                        metavar="[liveportrait] ROOT")] = "pretrained_weights",
+    target: Annotated[Path | None, typer.Argument(help="target folder after `liveportrait`", show_default=False)] = None,
     taesd: Annotated[bool, typer.Option("--taesd", help="also fetch the tiny VAE decoder (for --vae tiny)")] = False,
 ) -> None:
-    """Fetch the PersonaLive release and its base models from the Hugging Face hub (resumable)."""
+    """Fetch the PersonaLive release and its base models from the Hugging Face hub (resumable).
+
+    `personalive weights download liveportrait [DIR]` fetches LivePortrait's release instead (KwaiVGI/LivePortrait:
+    its five checkpoints and the cropping ONNX models) into DIR/liveportrait and DIR/insightface."""
     from personalive_cli.weights import HUB_REPOS, download
 
+    if root == "liveportrait":
+        from baselines.liveportrait.models import HUB_REPO
+        from baselines.liveportrait.models import download as download_liveportrait
+
+        dest = target or Path("pretrained_weights")
+        err.print(f"downloading {HUB_REPO} into {dest}")
+        download_liveportrait(dest)
+        err.print(f"done; use it with --method liveportrait --weights {dest} (or export LIVEPORTRAIT_WEIGHTS={dest})")
+        return
+    if target is not None:
+        from personalive_cli.errors import UserError
+
+        raise UserError(f"unexpected extra argument {target} (only `download liveportrait DIR` takes two)")
+    root = Path(root)
     err.print(f"downloading {', '.join(HUB_REPOS[k] for k in HUB_REPOS if k != 'taesd' or taesd)} into {root}")
     download(root, include_taesd=taesd)
     err.print(f"done; use it with --weights {root} (or export PERSONALIVE_WEIGHTS={root})")
@@ -31,17 +50,30 @@ def download_cmd(
 @weights_app.command("check")
 @handle_errors
 def check_cmd(
-    root: Annotated[Path, typer.Argument(help="weights folder to check")],
+    root: Annotated[str, typer.Argument(help="weights folder to check; or `liveportrait DIR`",
+                                        metavar="[liveportrait] ROOT")],
+    target: Annotated[Path | None, typer.Argument(help="weights folder after `liveportrait`", show_default=False)] = None,
     as_json: Annotated[bool, typer.Option("--json", help="machine-readable output on stdout")] = False,
 ) -> None:
-    """Report, file by file, what is present, missing, and whether keys and shapes match."""
+    """Report, file by file, what is present, missing, and whether keys and shapes match.
+
+    `personalive weights check liveportrait DIR` checks LivePortrait's files only; a folder holding both
+    releases (personalive/ and liveportrait/) is checked for both."""
     from personalive_cli.errors import UserError
     from personalive_cli.pipeline.components import check_layout
 
+    only_liveportrait = root == "liveportrait" and target is not None
+    root = target if only_liveportrait else Path(root)
     if not root.is_dir():
         raise UserError(f"weights folder not found: {root}")
+    from baselines.liveportrait.models import LivePortraitLayout
+    from baselines.liveportrait.models import check_layout as check_liveportrait
+
+    has_liveportrait = LivePortraitLayout.from_root(root).liveportrait.is_dir()
     with err.status("checking keys and shapes..."):
-        rows = check_layout(root)
+        rows = [] if only_liveportrait else check_layout(root)
+        if only_liveportrait or has_liveportrait:
+            rows += check_liveportrait(root)
     bad = [r for r in rows if r["status"] not in ("ok", "optional")]
     if as_json:
         print(json.dumps(rows, indent=2))
@@ -60,14 +92,23 @@ def check_cmd(
 @weights_app.command("make-tiny")
 @handle_errors
 def make_tiny_cmd(
-    root: Annotated[Path, typer.Argument(help="folder to write")],
+    root: Annotated[str, typer.Argument(help="folder to write; or `liveportrait DIR`", metavar="[liveportrait] ROOT")],
+    target: Annotated[Path | None, typer.Argument(help="folder after `liveportrait`", show_default=False)] = None,
     seed: Annotated[int, typer.Option(help="seed of the random weights")] = 0,
 ) -> None:
     """Write a tiny random-weight PersonaLive (same architecture, few channels) in the official layout.
 
-    Its output is noise-like: it exists to try the whole pipeline without a download, and for tests."""
+    Its output is noise-like: it exists to try the whole pipeline without a download, and for tests.
+    `make-tiny liveportrait DIR` writes a tiny LivePortrait in its official layout instead."""
     from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
 
+    if root == "liveportrait" and target is not None:
+        from baselines.liveportrait.models import LivePortraitConfig, LivePortraitModels
+
+        LivePortraitModels.random(LivePortraitConfig.tiny(), seed=seed).save_pretrained(target)
+        err.print(f"wrote a tiny random-weight LivePortrait to {target}")
+        return
+    root = Path(root)
     PersonaLiveModels.random(PersonaLiveConfig.tiny(), seed=seed).save_pretrained(root)
     err.print(f"wrote a tiny random-weight model to {root}")
 

@@ -76,20 +76,24 @@ def animate(reference: str | Path, driving: str | Path, output: str | Path, opts
     reader = VideoReader(driving)
     if opts.frames is not None and opts.frames < 1:
         raise UserError("--frames must be at least 1")
-    method = build_method(opts.method, opts.size, opts.device, opts.dtype, opts.seed, opts.weights,
-                          **(opts.method_options or {}))
     if opts.fps:
         fps = Fraction(opts.fps).limit_denominator(1001)
         indices = reader.resampled_indices(fps, limit=opts.frames)
     else:
         fps = reader.info.fps
         indices = list(range(min(len(reader), opts.frames or len(reader))))
+    audio_start = reader.frame_time(indices[0]) if indices else 0.0
+    options = dict(opts.method_options or {})
+    if registry.get(opts.method).takes_driving_context:
+        # e.g. audio-driven baselines: the clip's fps and the driving audio, aligned to the first frame
+        options.update(fps=float(fps), audio=str(driving) if reader.info.has_audio else None, audio_start=audio_start)
+    method = build_method(opts.method, opts.size, opts.device, opts.dtype, opts.seed, opts.weights, **options)
     if on_start:
         on_start(len(indices), fps)
     cropper = FaceCropper(opts.crop, opts.size)
     session = method.start(crop_reference(ref_image, opts.crop, opts.size))
     writer = VideoWriter(output, fps, crf=opts.crf, audio_from=driving if reader.info.has_audio else None,
-                         audio_start=reader.frame_time(indices[0]) if indices else 0.0)
+                         audio_start=audio_start)
     try:
         def emit(frames):
             for out in frames:

@@ -1,0 +1,29 @@
+"""Fixtures for the LivePortrait tests: one thread for torch (faster on a loaded 2-core box), a tiny
+random-weight model and its weights folder in the official layout."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+
+@pytest.fixture(scope="module", autouse=True)
+def one_torch_thread():
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
+@pytest.fixture(scope="session")
+def lp_tiny():
+    from baselines.liveportrait.models import LivePortraitConfig, LivePortraitModels
+
+    return LivePortraitModels.random(LivePortraitConfig.tiny(), seed=0)
+
+
+@pytest.fixture(scope="session")
+def lp_tiny_weights(tmp_path_factory, lp_tiny):
+    root = tmp_path_factory.mktemp("lp_tiny_weights")
+    lp_tiny.save_pretrained(root)
+    return root

@@ -1,0 +1,246 @@
+"""The subprocess adapters (X-Portrait, Follow-Your-Emoji, MegActor-Σ): configuration, status, input
+conversions, and each adapter's contract against a stand-in script (a TEST DOUBLE that mimics the
+upstream command line and writes a video; never registered as the method)."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import make_driving_with_audio, probe
+
+from personalive_cli import registry
+from personalive_cli.errors import UserError
+
+STANDINS = Path(__file__).parent / "standins"
+ADAPTERS = ("x-portrait", "follow-your-emoji", "megactor-sigma")
+FYE_TASK_IN_MIRROR = Path("/work/.mirror/mayuelala+FollowYourEmoji/repo")
+
+
+@pytest.fixture(autouse=True)
+def isolated_config(tmp_path, monkeypatch):
+    monkeypatch.setenv("PERSONALIVE_CONFIG_DIR", str(tmp_path / "config"))
+    monkeypatch.setenv("STANDIN_DIR", str(STANDINS))
+    monkeypatch.setenv("STANDIN_RECORD", str(tmp_path / "record.json"))
+    return tmp_path / "config"
+
+
+def fake_repo(root: Path, name: str) -> Path:
+    """A checkout whose entry point is the stand-in script (plus the config files the adapter reads)."""
+    repo = root / f"{name}-repo"
+    if name == "x-portrait":
+        (repo / "core").mkdir(parents=True)
+        (repo / "config").mkdir()
+        (repo / "config/cldm_v15_appearance_pose_local_mm.yaml").write_text("model: {}\n")
+        shutil.copy(STANDINS / "xportrait_standin.py", repo / "core/test_xportrait.py")
+    elif name == "follow-your-emoji":
+        (repo / "configs").mkdir(parents=True)
+        (repo / "configs/infer.yaml").write_text("base_model_path: 'pretrained_models/sd-image-variations-diffusers'\n"
+                                                 "init_checkpoint: 'pretrained_models/follow-your-emoji'\n")
+        shutil.copy(STANDINS / "fye_standin.py", repo / "infer.py")
+    else:
+        (repo / "configs/inference/megactor-sigma").mkdir(parents=True)
+        (repo / "configs/inference/megactor-sigma/inference.yaml").write_text(
+            'pretrained_model_path: "./weights/StableDiffusion"\n'
+            'appearance_controlnet_motion_checkpoint_path: "./weights/megactor-sigma.ckpt"\n')
+        shutil.copy(STANDINS / "megactor_standin.py", repo / "eval_audio.py")
+    return repo
+
+
+def recorded(tmp_path: Path) -> dict:
+    return json.loads((tmp_path / "record.json").read_text())
+
+
+def run_cli(*args, env=None):
+    return subprocess.run([sys.executable, "-m", "personalive_cli.cli.app", *map(str, args)], capture_output=True,
+                          text=True, env={**os.environ, **(env or {})})
+
+
+def test_methods_lists_all_six_with_setup_steps():
+    r = run_cli("methods", "--json")
+    assert r.returncode == 0, r.stderr
+    rows = {row["name"]: row for row in json.loads(r.stdout)}
+    assert set(rows) >= {"personalive", "liveportrait", "x-portrait", "follow-your-emoji", "megactor-sigma", "still"}
+    for name in ADAPTERS:
+        assert rows[name]["ready"] is False and rows[name]["status"].startswith("not configured")
+        assert any(s.startswith("git clone https://github.com/") for s in rows[name]["needs"])
+        assert rows[name]["needs"][-1].startswith(f"personalive methods configure {name} --repo REPO --python")
+
+
+def test_configure_validates_and_persists(tmp_path, isolated_config):
+    from baselines.external import configure, load_configs
+
+    repo = fake_repo(tmp_path, "x-portrait")
+    weights = tmp_path / "model_state-415001.th"
+    weights.write_bytes(b"x")
+    with pytest.raises(UserError, match="not a folder"):
+        configure("x-portrait", tmp_path / "nope", sys.executable, weights)
+    with pytest.raises(UserError, match="has no infer.py"):
+        configure("follow-your-emoji", repo, sys.executable)
+    with pytest.raises(UserError, match="not an executable"):
+        configure("x-portrait", repo, tmp_path / "python-nope", weights)
+    with pytest.raises(UserError, match="needs --weights"):
+        configure("x-portrait", repo, sys.executable)
+    with pytest.raises(UserError, match="not a method that runs upstream code"):
+        configure("liveportrait", repo, sys.executable)
+    path = configure("x-portrait", repo, sys.executable, weights)
+    assert path == isolated_config / "methods.json"
+    assert load_configs()["x-portrait"].repo == str(repo.resolve())
+    status = registry.get("x-portrait").status()
+    assert status.ready and str(repo.resolve()) in status.detail
+    shutil.rmtree(repo)
+    broken = registry.get("x-portrait").status()
+    assert not broken.ready and "broken" in broken.detail
+
+
+def test_configure_command_line(tmp_path, isolated_config):
+    repo = fake_repo(tmp_path, "megactor-sigma")
+    r = run_cli("methods", "configure", "megactor-sigma", "--repo", repo, "--python", sys.executable)
+    assert r.returncode == 0, r.stderr
+    assert "configured" in r.stderr
+    r = run_cli("methods", "--json")
+    row = {x["name"]: x for x in json.loads(r.stdout)}["megactor-sigma"]
+    assert row["ready"] is True
+    r = run_cli("methods", "configure", "megactor-sigma", "--repo", tmp_path / "none", "--python", sys.executable)
+    assert r.returncode == 1 and r.stderr.startswith("error:")
+
+
+def test_unconfigured_method_gets_no_speed_numbers():
+    from benchmarks.speed import SpeedOptions, measure_method
+
+    ref = np.zeros((128, 128, 3), np.uint8)
+    row = measure_method("megactor-sigma", SpeedOptions(size=128, device="cpu", random_weights=True, warmup=0, steps=1),
+                         ref)
+    assert "not configured" in row["status"]
+    assert not any(k for k in row if "FPS" in k or "lat" in k)
+
+
+def test_x_portrait_contract(tmp_path, demo_ref, demo_drive):
+    repo = fake_repo(tmp_path, "x-portrait")
+    weights = tmp_path / "model_state-415001.th"
+    weights.write_bytes(b"x")
+    r = run_cli("methods", "configure", "x-portrait", "--repo", repo, "--python", sys.executable, "--weights", weights)
+    assert r.returncode == 0, r.stderr
+    out = tmp_path / "out.mp4"
+    r = run_cli("animate", demo_ref, demo_drive, "--method", "x-portrait", "--frames", 6, "--size", 256,
+                "--crop", "none", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert (probe(out)["frames"], probe(out)["width"]) == (6, 256)
+    rec = recorded(tmp_path)
+    assert rec["best_frame"] == -1 and rec["out_frames"] == -1 and rec["ddim_steps"] == 30
+    assert rec["uc_scale"] == 5 and rec["num_mix"] == 4 and rec["resume_dir"] == str(weights.resolve())
+    assert rec["driving_frames"] == 6 and Path(rec["cwd"]) == repo.resolve()
+    method = registry.get("x-portrait")(size=128, align=False)
+    assert method.best_frame == -2
+
+
+def test_follow_your_emoji_contract(tmp_path, monkeypatch):
+    import baselines.follow_your_emoji as fye
+
+    repo = fake_repo(tmp_path, "follow-your-emoji")
+    weights = tmp_path / "pretrained"
+    weights.mkdir()
+    from baselines.external import configure
+
+    configure("follow-your-emoji", repo, sys.executable, weights)
+    calls = []
+
+    def fake_template(frames, task_model, repeat_first=True):  # the real conversion is tested below
+        calls.append((len(frames), Path(task_model)))
+        out = np.empty(len(frames) + 1, dtype=object)
+        out[:] = [{"lmks": np.zeros((478, 3)), "frame": i} for i in range(len(frames) + 1)]
+        return out
+
+    monkeypatch.setattr(fye, "landmark_template", fake_template)
+    method = registry.get("follow-your-emoji")(size=128, seed=3)
+    session = method.start(np.full((200, 200, 3), 120, np.uint8))
+    assert list(session.push(np.zeros((5, 64, 64, 3), np.uint8))) == []  # clip-based: nothing until flush
+    outs = list(session.flush())
+    assert len(outs) == 5 and outs[0].shape == (128, 128, 3)
+    assert calls == [(5, repo.resolve() / fye.TASK_MODEL)]
+    rec = recorded(tmp_path)
+    assert rec["template_len"] == 6 and rec["seed"] == 3 and len(rec["images"]) == 1
+    assert f"'{weights.resolve()}/follow-your-emoji'" in rec["config"]  # weights folder replaces pretrained_models/
+
+
+def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
+    from baselines.external import configure
+
+    repo = fake_repo(tmp_path, "megactor-sigma")
+    weights = tmp_path / "weights"
+    weights.mkdir()
+    configure("megactor-sigma", repo, sys.executable, weights)
+    frames = np.random.default_rng(0).integers(0, 255, (70, 64, 64, 3), dtype=np.uint8)  # 2.8 s at 25 fps > 2.5 s
+    method = registry.get("megactor-sigma")(size=96)
+    session = method.start(np.full((64, 64, 3), 90, np.uint8))
+    list(session.push(frames))
+    outs = list(session.flush())
+    assert len(outs) == 70 and outs[0].shape == (96, 96, 3)
+    rec = recorded(tmp_path)
+    assert rec["no_audio"] is True and rec["limit"] * 25 >= 70  # the 2.5 s default raised to the whole clip
+    assert rec["audio_seconds"] == pytest.approx(70 / 25, abs=0.05)  # a silent track: upstream needs one
+    assert f'"{weights.resolve()}/megactor-sigma.ckpt"' in rec["config_text"]
+
+    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "drive.mp4", "25", 4)
+    method = registry.get("megactor-sigma")(size=96, audio=drive, audio_start=1.0)
+    session = method.start(np.full((64, 64, 3), 90, np.uint8))
+    list(session.push(frames[:50]))
+    assert len(list(session.flush())) == 50
+    rec = recorded(tmp_path)
+    assert rec["no_audio"] is False and rec["audio_seconds"] == pytest.approx(2.0, abs=0.05)
+    assert rec["guidance_scale"] == 2.0 and rec["num_steps"] == 25
+
+
+def test_upstream_failure_is_one_clear_error(tmp_path):
+    from baselines.external import configure
+
+    repo = fake_repo(tmp_path, "megactor-sigma")
+    (repo / "eval_audio.py").write_text("import sys\nprint('CUDA out of memory')\nsys.exit(3)\n")
+    configure("megactor-sigma", repo, sys.executable)
+    session = registry.get("megactor-sigma")(size=64).start(np.zeros((64, 64, 3), np.uint8))
+    list(session.push(np.zeros((3, 64, 64, 3), np.uint8)))
+    with pytest.raises(UserError, match="exited with status 3: CUDA out of memory"):
+        list(session.flush())
+
+
+@pytest.fixture(scope="module")
+def fye_task_model(tmp_path_factory):
+    """The FaceLandmarker model Follow-Your-Emoji ships (media_pipe/mp_models/...task): from
+    $FYE_TASK_MODEL, else a local mirror of the repo; skip when neither is here."""
+    env = os.environ.get("FYE_TASK_MODEL")
+    if env and Path(env).is_file():
+        return Path(env)
+    if FYE_TASK_IN_MIRROR.is_dir():
+        out = tmp_path_factory.mktemp("fye") / "face_landmarker.task"
+        blob = subprocess.run(["git", "--git-dir", str(FYE_TASK_IN_MIRROR), "show",
+                               "HEAD:media_pipe/mp_models/face_landmarker_v2_with_blendshapes.task"], capture_output=True)
+        if blob.returncode == 0 and len(blob.stdout) > 1_000_000:
+            out.write_bytes(blob.stdout)
+            return out
+    pytest.skip("Follow-Your-Emoji's face_landmarker_v2_with_blendshapes.task is not available (set FYE_TASK_MODEL)")
+
+
+def test_follow_your_emoji_template_from_the_demo_video(demo_drive, fye_task_model):
+    from baselines.follow_your_emoji import landmark_template
+    from personalive_cli.io.video import VideoReader
+
+    frames = list(VideoReader(demo_drive).iter_frames(0, 4))
+    template = landmark_template(frames, fye_task_model)
+    assert template.dtype == object and len(template) == 5  # the first frame repeated (the upstream drops it)
+    assert template[0] is template[1]
+    for rec in template:
+        assert set(rec) == {"lmks", "lmks3d", "trans_mat", "faces", "bs", "width", "height"}
+        assert rec["lmks"].shape == (478, 3) and rec["lmks3d"].shape == (468, 3)
+        assert rec["trans_mat"].shape == (4, 4) and np.allclose(rec["trans_mat"][3], [0, 0, 0, 1])
+        assert len(rec["bs"]) == 51 and rec["faces"].shape[1] == 3
+        assert (rec["width"], rec["height"]) == frames[0].shape[1::-1]
+        assert 0.2 < rec["lmks"][:, 0].mean() < 0.8 and 0.2 < rec["lmks"][:, 1].mean() < 0.8
+    # the face moves between frames; the canonical mesh is metric (centimetres), not normalised
+    assert not np.array_equal(template[1]["lmks"], template[4]["lmks"])
+    assert np.ptp(template[1]["lmks3d"][:, 0]) > 5

@@ -1,0 +1,62 @@
+"""``personalive bench`` end to end on a 40-frame clip of the shared demo, prepared with the CLI."""
+
+from __future__ import annotations
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from benchmarks.quality import QUALITY_COLUMNS
+from benchmarks.speed import SPEED_COLUMNS
+from personalive_cli.cli.app import app
+
+
+@pytest.fixture(scope="module")
+def prepared_demo(tmp_path_factory, demo_drive):
+    src = tmp_path_factory.mktemp("raw")
+    (src / "demo.mp4").symlink_to(demo_drive)
+    dst = tmp_path_factory.mktemp("prepared")
+    r = CliRunner().invoke(app, ["data", "prepare", "folder", str(src), str(dst), "--size", "128",
+                                 "--max-frames", "40"])
+    assert r.exit_code == 0, r.output
+    return dst
+
+
+def test_bench_still_with_speed_on_the_demo(prepared_demo, tmp_path):
+    out = tmp_path / "results"
+    r = CliRunner().invoke(app, ["bench", "--methods", "still", "--dataset", str(prepared_demo), "--speed",
+                                 "--size", "128", "--device", "cpu", "--warmup", "1", "--steps", "4",
+                                 "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert r.stdout == ""  # tables and progress go to stderr
+    for title in ("personalive bench: quality", "personalive bench: speed", "personalive bench: compute"):
+        assert title in r.stderr
+    assert "PersonaLive†" in r.stderr and "15.82" in r.stderr
+    df = pd.read_csv(out / "results.csv")
+    for col in (*QUALITY_COLUMNS, *SPEED_COLUMNS):
+        assert col in df.columns
+    still = df[(df["method"] == "still") & (df["source"] == "measured")].iloc[0]
+    assert still["videos"] == 1 and still["FPS"] > 0 and still["frame latency (s)"] >= 0
+    for name in ("results.json", "results.md", "bench.png"):
+        assert (out / name).stat().st_size > 0
+    # every column without a value says why
+    for col in QUALITY_COLUMNS:
+        if pd.isna(still[col]):
+            assert col in r.stderr.split("n/a*", 1)[1]
+    # a second run reuses the per-video cache
+    r = CliRunner().invoke(app, ["bench", "--methods", "still", "--dataset", str(prepared_demo), "--size", "128",
+                                 "--device", "cpu", "--output", str(out)])
+    assert r.exit_code == 0, r.output
+
+
+def test_bench_errors(prepared_demo, tmp_path, monkeypatch):
+    runner = CliRunner()
+    r = runner.invoke(app, ["bench", "--methods", "still,nope", "--dataset", str(prepared_demo), "-o", str(tmp_path)])
+    assert r.exit_code == 1 and "unknown method 'nope'" in r.stderr
+    for var in ("TORCH_HOME", "INSIGHTFACE_HOME", "PERSONALIVE_METRICS_DIR", "HOME"):
+        monkeypatch.setenv(var, str(tmp_path / "empty"))
+    r = runner.invoke(app, ["bench", "--methods", "still", "--dataset", str(prepared_demo), "--strict",
+                            "--size", "128", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "alexnet-owt-7be5be79.pth" in r.stderr and "Traceback" not in r.output
+    r = runner.invoke(app, ["bench", "--methods", "still", "--no-quality", "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "nothing to do" in r.stderr

@@ -1,0 +1,63 @@
+"""Sharded runs: 2 real CPU processes under ``accelerate launch``, and ``--shard i/n`` + ``bench merge``."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from typer.testing import CliRunner
+
+from personalive_cli.cli.app import app
+
+BENCH = ["bench", "--methods", "still", "--size", "128", "--device", "cpu", "--metrics", "LPIPS,tLP (self)"]
+
+
+def _measured(out: Path) -> pd.DataFrame:
+    df = pd.read_csv(out / "results.csv")
+    return df[df["source"] == "measured"].set_index("method")
+
+
+def test_accelerate_launch_two_cpu_processes(tiny_dataset, tmp_path, empty_metric_caches):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate is not installed")
+    out = tmp_path / "out"
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
+    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible each process runs on the CPU
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
+           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "personalive_cli.cli.app",
+           *BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--speed", "--warmup", "1", "--steps", "3"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    shards = [json.loads((out / "shards" / f"{i}-of-2.json").read_text()) for i in range(2)]
+    done = [set(s["quality"]) for s in shards]
+    assert done[0] and done[1] and not done[0] & done[1]  # both processes worked, on different videos
+    assert len(done[0] | done[1]) == 3
+    assert shards[0]["speed"] == ["still"] and shards[1]["speed"] == []
+    row = _measured(out).loc["still"]
+    assert row["videos"] == 3 and row["FPS"] > 0
+    assert "waiting for the other shards" in r.stderr and "shard 1/2 done" in r.stderr
+
+
+def test_manual_shards_then_merge(tiny_dataset, tmp_path, empty_metric_caches):
+    out = tmp_path / "out"
+    runner = CliRunner()
+    for i in (1, 0):
+        r = runner.invoke(app, [*BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--shard", f"{i}/2"])
+        assert r.exit_code == 0, r.output
+        if i == 1:
+            assert "when every shard is done: personalive bench merge" in r.stderr
+    assert "personalive bench: quality" in r.stderr  # the last shard to finish merged
+    r = runner.invoke(app, ["bench", "merge", str(out), "--json"])
+    assert r.exit_code == 0, r.output
+    rows = json.loads(r.stdout)["rows"]
+    still = next(x for x in rows if x["method"] == "still" and x["source"] == "measured")
+    assert still["videos"] == 3
+    r = runner.invoke(app, [*BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--shard", "2/2"])
+    assert r.exit_code == 1 and "--shard must be i/n" in r.stderr
