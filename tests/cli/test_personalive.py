@@ -2,6 +2,7 @@
 
 import json
 import os
+import re
 import shutil
 import subprocess
 import sys
@@ -95,3 +96,20 @@ def test_weights_make_tiny(tmp_path):
     r = run("weights", "make-tiny", tmp_path / "t")
     assert r.returncode == 0, r.stderr
     assert (tmp_path / "t" / "personalive" / "denoising_unet.pth").is_file()
+
+
+def test_realtime_stream_drops_frames_when_behind(tmp_path, demo_ref, demo_drive, ffmpeg, tiny_weights):
+    # a 200 fps source paced in real time is far faster than the CPU model: frames must be dropped
+    fast = tmp_path / "fast.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "120", "-vf", "setpts=N/200/TB",
+                    "-r", "200", str(fast)], check=True)
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(fast), "--method", "personalive",
+                        "--weights", str(tiny_weights), "--size", "128", "--format", "rgb24", "--realtime",
+                        "--crop", "none"], capture_output=True, env=ENV)
+    assert r.returncode == 0, r.stderr.decode()
+    summary = r.stderr.decode().strip().splitlines()[-1]
+    match = re.match(r"stream: (\d+) frames in, (\d+) out, (\d+) dropped", summary)
+    assert match, summary
+    received, written, dropped = (int(x) for x in match.groups())
+    assert received == 120 and dropped > 0 and written == received - dropped
+    assert len(r.stdout) == written * 128 * 128 * 3
