@@ -22,7 +22,13 @@ def resolve_device(name: str) -> torch.device:
         raise UserError(f"--device {name} was asked for, but CUDA is not available on this machine")
     if name == "mps" and not (getattr(torch.backends, "mps", None) and torch.backends.mps.is_available()):
         raise UserError("--device mps was asked for, but MPS is not available on this machine")
-    return torch.device(name)
+    try:
+        device = torch.device(name)
+        if device.type == "cuda" and device.index is not None and device.index >= torch.cuda.device_count():
+            raise UserError(f"--device {name}: this machine has {torch.cuda.device_count()} CUDA device(s)")
+    except RuntimeError as exc:
+        raise UserError(f"bad --device {name!r}: {exc}") from None
+    return device
 
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:

@@ -14,7 +14,7 @@ by file and key name. A ``personalive/config.json`` (our addition, absent from t
 the architecture of a non-default build such as the tiny test model.
 
 Where weights come from: ``--weights DIR``, then ``$PERSONALIVE_WEIGHTS``, then the Hugging Face
-hub cache filled by ``personalive weights download``.
+hub cache filled by ``personalive weights download`` (without DIR).
 """
 
 from __future__ import annotations
@@ -44,7 +44,8 @@ HUB_PATTERNS = {
     "sd-vae-ft-mse": ["config.json", "*.safetensors"],
     "taesd": ["config.json", "*.safetensors"],
 }
-DOWNLOAD_HINT = "run `personalive weights download DIR` and pass --weights DIR (or set PERSONALIVE_WEIGHTS)"
+DOWNLOAD_HINT = ("run `personalive weights download` (hub cache, found automatically), "
+                 "or `personalive weights download DIR` and pass --weights DIR")
 
 
 @dataclass(frozen=True)
@@ -210,19 +211,28 @@ def load_exact(module: torch.nn.Module, files: list[Path], optional: Iterable[st
     module.load_state_dict(merged, strict=False, assign=any(t.is_meta for t in module.state_dict().values()))
 
 
-def download(root: str | Path, include_taesd: bool = False) -> WeightsLayout:
-    """Fetch the release and the base models into ``root`` in the official layout (resumable)."""
+def download(root: str | Path | None = None, include_taesd: bool = False) -> WeightsLayout:
+    """Fetch the release and the base models (resumable): into the Hugging Face hub cache, where
+    :func:`resolve_weights` finds them without ``--weights``, or with ``root`` into that folder in the
+    official layout."""
     from huggingface_hub import snapshot_download
 
-    root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
     keys = ["personalive", "sd-image-variations-diffusers", "sd-vae-ft-mse"] + (["taesd"] if include_taesd else [])
+    root = Path(root).expanduser() if root is not None else None
+    if root is not None:
+        root.mkdir(parents=True, exist_ok=True)
     for key in keys:
-        target = root / key if key != "personalive" else root / "_personalive_repo"
+        target = None if root is None else (root / key if key != "personalive" else root / "_personalive_repo")
         try:
             snapshot_download(HUB_REPOS[key], local_dir=target, allow_patterns=HUB_PATTERNS[key])
         except Exception as exc:  # noqa: BLE001 - network/hub errors become one line
-            raise UserError(f"download of {HUB_REPOS[key]} failed: {str(exc).splitlines()[0] if str(exc) else exc}") from None
+            reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+            raise UserError(f"download of {HUB_REPOS[key]} failed: {reason}") from None
+    if root is None:
+        layout = _hub_layout()
+        if layout is None:
+            raise UserError(f"{HUB_REPOS['personalive']} has no denoising_unet.pth")
+        return layout
     # The release keeps its .pth files under some sub-folder; link them into <root>/personalive/.
     (root / "personalive").mkdir(exist_ok=True)
     for stem in PERSONALIVE_FILES:
@@ -232,4 +242,7 @@ def download(root: str | Path, include_taesd: bool = False) -> WeightsLayout:
         link = root / "personalive" / f"{stem}.pth"
         if not link.exists():
             os.symlink(os.path.relpath(found, link.parent), link)
+    config = found.parent / "config.json"  # only a non-default (e.g. tiny) build carries one
+    if config.is_file() and not (root / "personalive" / "config.json").exists():
+        os.symlink(os.path.relpath(config, root / "personalive"), root / "personalive" / "config.json")
     return WeightsLayout.from_root(root)

@@ -17,8 +17,9 @@ weights_app = typer.Typer(no_args_is_help=True, help="Download and check Persona
 @weights_app.command("download")
 @handle_errors
 def download_cmd(
-    root: Annotated[str, typer.Argument(help="target folder (official layout); or `liveportrait [DIR]`",
-                                        metavar="[liveportrait] ROOT")] = "pretrained_weights",
+    root: Annotated[str | None, typer.Argument(help="target folder (official layout; default: the Hugging Face "
+                                               "cache, found without --weights); or `liveportrait [DIR]`",
+                                               metavar="[liveportrait] [DIR]", show_default=False)] = None,
     target: Annotated[Path | None, typer.Argument(help="target folder after `liveportrait`", show_default=False)] = None,
     taesd: Annotated[bool, typer.Option("--taesd", help="also fetch the tiny VAE decoder (for --vae tiny)")] = False,
 ) -> None:
@@ -41,10 +42,13 @@ def download_cmd(
         from personalive_cli.errors import UserError
 
         raise UserError(f"unexpected extra argument {target} (only `download liveportrait DIR` takes two)")
-    root = Path(root)
-    err.print(f"downloading {', '.join(HUB_REPOS[k] for k in HUB_REPOS if k != 'taesd' or taesd)} into {root}")
+    where = root or "the Hugging Face cache"
+    err.print(f"downloading {', '.join(HUB_REPOS[k] for k in HUB_REPOS if k != 'taesd' or taesd)} into {where}")
     download(root, include_taesd=taesd)
-    err.print(f"done; use it with --weights {root} (or export PERSONALIVE_WEIGHTS={root})")
+    if root is None:
+        err.print("done; `personalive animate ... --method personalive` finds it without --weights")
+    else:
+        err.print(f"done; use it with --weights {root} (or export PERSONALIVE_WEIGHTS={root})")
 
 
 @weights_app.command("check")

@@ -67,8 +67,13 @@ def open_source(spec: str, input_format: str = "auto", input_size: str | None = 
             if not input_size:
                 raise UserError("raw rgb24 on stdin needs --input-size WxH (or send y4m: ffmpeg ... -f yuv4mpegpipe -)")
             w, h = _parse_size(input_size)
-            container = av.open(stdin, format="rawvideo", options={
-                "video_size": f"{w}x{h}", "pixel_format": "rgb24", "framerate": str(input_fps)})
+            if w <= 0 or h <= 0 or input_fps <= 0:
+                raise UserError("--input-size and --input-fps must be positive")
+            try:
+                container = av.open(stdin, format="rawvideo", options={
+                    "video_size": f"{w}x{h}", "pixel_format": "rgb24", "framerate": str(input_fps)})
+            except av.error.FFmpegError as exc:
+                raise UserError(f"cannot read raw rgb24 from stdin: {exc}") from None
         else:
             raise UserError(f"unknown --input-format {input_format!r}; choose auto, y4m or rgb24")
         fps = container.streams.video[0].guessed_rate or Fraction(input_fps)
@@ -150,6 +155,7 @@ class Sink:
         self.out, self.fmt, self.fps, self.process, self.finalize = out, fmt, fps, process, finalize
         self._header_written = False
         self.frames = 0
+        self.closed = False
 
     def write(self, frame: np.ndarray) -> None:
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
@@ -166,7 +172,17 @@ class Sink:
             self.out.write(yuv.tobytes())
         self.frames += 1
 
+    def ffmpeg_error(self) -> str:
+        """ffmpeg's last stderr line (once it has exited)."""
+        if self.process is None or self.process.stderr is None:
+            return ""
+        lines = self.process.stderr.read().decode(errors="replace").strip().splitlines()
+        return lines[-1] if lines else ""
+
     def close(self, ok: bool = True) -> None:
+        if self.closed:
+            return
+        self.closed = True
         try:
             self.out.flush()
         except (BrokenPipeError, ValueError):
@@ -184,8 +200,7 @@ class Sink:
                 else:
                     tmp.unlink(missing_ok=True)
             if code != 0 and ok:
-                err = self.process.stderr.read().decode(errors="replace").strip().splitlines() if self.process.stderr else []
-                raise UserError(f"ffmpeg failed (exit {code}): {err[-1] if err else 'no message'}")
+                raise UserError(f"ffmpeg failed (exit {code}): {self.ffmpeg_error() or 'no message'}")
 
 
 def ffmpeg_sink(url: str, fps: Fraction) -> Sink:

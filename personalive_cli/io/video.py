@@ -198,7 +198,11 @@ class VideoWriter:
         self._container.mux(self._stream.encode(None))
         self._container.close()
         if self.audio_from is not None:
-            self._mux_audio()
+            try:
+                self._mux_audio()
+            except (av.error.FFmpegError, ValueError) as exc:
+                self._tmp.unlink(missing_ok=True)
+                raise UserError(f"could not add the audio of {self.audio_from}: {exc}") from None
         os.replace(self._tmp, self.path)
         return self.path
 

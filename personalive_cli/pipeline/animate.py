@@ -76,6 +76,8 @@ def animate(reference: str | Path, driving: str | Path, output: str | Path, opts
     reader = VideoReader(driving)
     if opts.frames is not None and opts.frames < 1:
         raise UserError("--frames must be at least 1")
+    if opts.fps is not None and opts.fps <= 0:
+        raise UserError(f"--fps must be positive, got {opts.fps}")
     if opts.fps:
         fps = Fraction(opts.fps).limit_denominator(1001)
         indices = reader.resampled_indices(fps, limit=opts.frames)

@@ -7,6 +7,8 @@ import sys
 from dataclasses import dataclass
 from pathlib import Path
 
+from personalive_cli import registry
+from personalive_cli.errors import UserError
 from personalive_cli.faces.crop import FaceCropper, crop_reference
 from personalive_cli.io.images import read_image
 from personalive_cli.io.stream import LiveBuffer, Sink, ffmpeg_sink, open_source
@@ -49,9 +51,10 @@ def _silence_stdout() -> None:
 def run_stream(reference: str | Path, source_spec: str, opts: LiveOptions) -> StreamStats:
     ref_image = read_image(reference)
     if opts.fmt not in ("y4m", "rgb24"):
-        from personalive_cli.errors import UserError
-
         raise UserError(f"unknown --format {opts.fmt!r}; choose y4m or rgb24")
+    if getattr(registry.get(opts.method), "external", False):
+        raise UserError(f"method {opts.method!r} runs its upstream code on a whole clip and cannot stream; "
+                        "use `personalive animate`")
     method = build_method(opts.method, opts.size, opts.device, opts.dtype, opts.seed, opts.weights,
                           **(opts.method_options or {}))
     source = open_source(source_spec, opts.input_format, opts.input_size, opts.input_fps, opts.realtime)
@@ -87,12 +90,16 @@ def run_stream(reference: str | Path, source_spec: str, opts: LiveOptions) -> St
             stats.received, stats.dropped = buffer.received, buffer.dropped
         ok = True
     except BrokenPipeError:
+        if sink.process is not None:
+            # ffmpeg went away mid-stream (refused connection, full disk): that is an error, with its reason
+            sink.close(ok=False)
+            raise UserError(f"ffmpeg stopped reading the stream: {sink.ffmpeg_error() or 'no message'}") from None
         stats.closed = True
         _silence_stdout()
         ok = True
     finally:
         cropper.close()
-        if not stats.closed:
+        if not stats.closed and not sink.closed:
             try:
                 sink.close(ok=ok)
             except BrokenPipeError:

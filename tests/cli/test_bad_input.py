@@ -109,3 +109,28 @@ def test_cuda_on_cpu_machine(tmp_path, demo_ref, demo_drive):
         pytest.skip("this machine has CUDA")
     r = run("animate", demo_ref, demo_drive, "--method", "still", "--device", "cuda", "-o", tmp_path / "o.mp4")
     assert_clean_failure(r, "CUDA is not available")
+
+
+def test_non_positive_fps(tmp_path, demo_ref, demo_drive):
+    r = run("animate", demo_ref, demo_drive, "--method", "still", "--fps", -5, "-o", tmp_path / "o.mp4")
+    assert_clean_failure(r, "--fps must be positive")
+
+
+def test_ffmpeg_dying_mid_stream_is_an_error(tmp_path, demo_ref, demo_drive):
+    # nothing listens on port 1: ffmpeg fails to open the output, and the stream must say so (not exit 0)
+    r = run("stream", "--reference", demo_ref, "--source", demo_drive, "--method", "still", "--size", 128,
+            "--to", "rtmp://127.0.0.1:1/live/x")
+    assert_clean_failure(r, "ffmpeg")
+    assert "Connection refused" in r.stderr
+
+
+def test_clip_based_methods_cannot_stream(demo_ref, demo_drive):
+    r = run("stream", "--reference", demo_ref, "--source", demo_drive, "--method", "x-portrait")
+    assert_clean_failure(r, "cannot stream", "personalive animate")
+
+
+def test_raw_stdin_with_zero_size(demo_ref):
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                        "--crop", "none", "--input-size", "0x0"], input=b"\0" * 100, capture_output=True, text=False)
+    lines = [ln for ln in r.stderr.decode().strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and "must be positive" in lines[0]
