@@ -11,13 +11,14 @@ like any other method. An unconfigured method reports so (``personalive methods`
 
 from __future__ import annotations
 
+import abc
 import json
 import os
 import shutil
 import subprocess
 import tempfile
 import time
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
 from fractions import Fraction
 from pathlib import Path
@@ -130,6 +131,9 @@ class Invocation:
     output: Path                    # a file, or a folder searched for one new .mp4
     env: dict[str, str] | None = None
     drop_leading: int = 0           # frames to discard at the start of the upstream output
+    repeat_leading: int = 0         # copies of the first kept frame to put before it (for an upstream whose
+                                    # output starts later than the driving clip), so output i is input i
+    select: Callable[[np.ndarray], np.ndarray] | None = None  # the result's part of a panel frame
 
 
 def write_video(path: Path, frames: list[np.ndarray], fps: Fraction, audio: Path | None = None,
@@ -198,8 +202,9 @@ class ExternalSession(Session):
         self.frames.extend(frames[None] if frames.ndim == 3 else frames)
         return iter(())
 
-    def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:  # pragma: no cover - push never calls it
-        raise NotImplementedError
+    def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:
+        """A step's worth of frames is collected like any other: the clip runs once, at :meth:`flush`."""
+        return self.push(frames)
 
     def flush(self) -> Iterator[np.ndarray]:
         if not self.frames:
@@ -272,8 +277,9 @@ class ExternalMethod(Method):
             return {"CUDA_VISIBLE_DEVICES": dev.split(":", 1)[1]}
         return {}
 
+    @abc.abstractmethod
     def invocation(self, clip: Clip, work: Path) -> Invocation:
-        raise NotImplementedError
+        """Write the inputs the upstream needs into ``work`` and say how to run it."""
 
     def run_clip(self, clip: Clip) -> list[np.ndarray]:
         from personalive_cli.faces.crop import resize
@@ -299,6 +305,10 @@ class ExternalMethod(Method):
                                 f"{' | '.join(tail) or '(no output)'} (full log: {log})")
             video = self._find_output(inv.output, started, log)
             frames = read_frames(video)[inv.drop_leading:]
+            if inv.select is not None:
+                frames = [inv.select(f) for f in frames]
+            if frames and inv.repeat_leading:
+                frames = [frames[0]] * inv.repeat_leading + frames
             frames = match_count([resize(f, self.size) for f in frames], len(clip.frames), self.name)
             ok = True
             return frames

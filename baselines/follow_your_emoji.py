@@ -6,12 +6,15 @@ face geometry: canonical-space metric mesh and pose matrix). :func:`landmark_tem
 records here, with the project's mediapipe and the repo's own ``face_landmarker_v2_with_blendshapes.task``.
 The upstream drops the first aligned frame, so the template repeats the first driving frame once. The
 reference goes into a folder of its own (the upstream animates every image x template pair); the
-entry point runs under ``torch.distributed.run`` with one process, as its README does. With
-``--weights DIR`` (a ``pretrained_models``-style folder) the inference config reads its models from there.
+entry point runs under ``torch.distributed.run`` with one process, as its README does. The number of
+frames generated is the config's ``video_length`` (16 in ``configs/infer.yaml``), not the template's
+length, so every run gets a copy of the config with ``video_length`` set to the clip's length; with
+``--weights DIR`` (a ``pretrained_models``-style folder) that copy also reads its models from there.
 """
 
 from __future__ import annotations
 
+import re
 import socket
 from pathlib import Path
 
@@ -106,6 +109,19 @@ def landmark_template(frames: list[np.ndarray], task_model: str | Path, repeat_f
     return out
 
 
+def config_for_clip(text: str, video_length: int, weights: str | None = None) -> str:
+    """The upstream config text with ``video_length`` (top level) set, and ``pretrained_models/`` paths
+    pointing into ``weights`` when given."""
+    line = f"video_length: {int(video_length)}"
+    text, found = re.subn(r"^video_length\s*:.*$", line, text, flags=re.MULTILINE)
+    if not found:
+        text = text.rstrip("\n") + f"\n{line}\n"
+    if weights:
+        weights = str(Path(weights)).rstrip("/") + "/"
+        text = text.replace("'pretrained_models/", f"'{weights}").replace('"pretrained_models/', f'"{weights}')
+    return text
+
+
 def _free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
@@ -139,13 +155,10 @@ class FollowYourEmoji(ExternalMethod):
         PILImage.fromarray(clip.reference).save(images / "reference.png")
         template = work / "driving.npy"
         np.save(template, landmark_template(clip.frames, self.task_model), allow_pickle=True)
-        config = repo / self.config_file
-        if self.config.weights:
-            weights = str(Path(self.config.weights)).rstrip("/") + "/"
-            text = config.read_text()
-            config = work / "infer.yaml"
-            config.write_text(text.replace("'pretrained_models/", f"'{weights}").replace('"pretrained_models/',
-                                                                                       f'"{weights}'))
+        # relative paths in it stay relative to the repo (the working folder)
+        config = work / "infer.yaml"
+        config.write_text(config_for_clip((repo / self.config_file).read_text(), len(clip.frames),
+                                          self.config.weights))
         out = work / "out"
         cmd = [self.config.python, "-m", "torch.distributed.run", "--nnodes", "1", "--nproc_per_node", "1",
                "--master_port", str(_free_port()), self.entry_point, "--config", str(config),

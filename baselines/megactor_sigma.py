@@ -6,17 +6,39 @@ the clip is written with that audio cut to the clip, and both modalities drive; 
 track is muxed and ``--no-audio`` is passed (visual-only driving). ``--limit`` (2.5 s by default
 upstream) is raised to the whole clip. With ``--weights DIR`` (the ``weights/`` folder of
 HVSiniX/RawVideoDriven) the inference config is rewritten to read the weights from there.
+
+Output conversion: the upstream saves a row of four panels per frame, source | cropped driving | pose
+view | result, each ``size`` square, laid out by ``torchvision.utils.make_grid`` (2-pixel gaps, also
+around the row), and leaves out the first frame (``samples[:, :, 1:]``). :func:`result_panel` cuts the
+result out, and the first result is repeated so that output frame i belongs to driving frame i.
 """
 
 from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
+
 from baselines.external import Clip, ExternalMethod, Invocation, has_audio, write_video
+from personalive_cli.errors import UserError
 from personalive_cli.registry import register
 
 CONFIG = "configs/inference/megactor-sigma/inference.yaml"
 AUDIO_RATE = 16000
+PANELS, RESULT_PANEL, GAP = 4, 3, 2  # make_grid's default padding
+
+
+def result_panel(frame: np.ndarray) -> np.ndarray:
+    """The result (4th) panel of one upstream output frame: a row of 4 panels of width W with 2-pixel
+    gaps, i.e. 4 * (W + 2) + 2 wide and H + 4 high, panel k starting at column k * (W + 2) + 2."""
+    h, w = frame.shape[:2]
+    panel_w, rest = divmod(w - GAP, PANELS)
+    panel_w -= GAP
+    if rest or panel_w < 1 or h <= 2 * GAP:
+        raise UserError(f"megactor-sigma wrote a {w}x{h} video, not the row of {PANELS} panels its "
+                        "eval_audio.py saves")
+    x0 = RESULT_PANEL * (panel_w + GAP) + GAP
+    return np.ascontiguousarray(frame[GAP:h - GAP, x0:x0 + panel_w])
 
 
 @register("megactor-sigma")
@@ -73,4 +95,5 @@ class MegActorSigma(ExternalMethod):
             cmd.append("--no-audio")
         if not self.use_visual:
             cmd.append("--no-visual")
-        return Invocation(command=cmd, cwd=repo, output=out)
+        # the saved video starts at driving frame 1: repeat its first result for frame 0
+        return Invocation(command=cmd, cwd=repo, output=out, select=result_panel, repeat_leading=1)

@@ -4,8 +4,9 @@ Input conversion: the reference is written as a PNG and the driving clip as an m
 a path containing ``.mp4`` as a video). ``best_frame`` -1 lets the upstream pick the driving frame whose
 head pose is closest to the source and affine-align the driving video to the source face box (its own
 face_alignment landmarks); an integer picks that frame; ``align=False`` passes -2 (no alignment).
-``--out_frames -1`` renders every driving frame. The upstream writes a panel video whose first 512
-columns are the result; those are read back.
+``--out_frames 0`` renders every driving frame (the upstream slices ``driving[start:start + out_frames]``
+for any other value, so its README's -1 leaves out the last frame). The upstream keeps only the first
+512 columns of its panel, the result, and writes that as the video which is read back.
 """
 
 from __future__ import annotations
@@ -17,6 +18,7 @@ from personalive_cli.errors import UserError
 from personalive_cli.registry import register
 
 MODEL_CONFIG = "config/cldm_v15_appearance_pose_local_mm.yaml"
+ALL_FRAMES = 0  # --out_frames value for "every driving frame"
 
 
 @register("x-portrait")
@@ -54,6 +56,6 @@ class XPortrait(ExternalMethod):
         cmd = [self.config.python, self.entry_point, "--model_config", self.model_config, "--output_dir", str(out),
                "--resume_dir", self.config.weights, "--seed", str(self.seed if self.seed is not None else 999),
                "--uc_scale", str(uc), "--source_image", str(source), "--driving_video", str(driving),
-               "--best_frame", str(self.best_frame), "--out_frames", "-1", "--num_mix", str(self.num_mix),
+               "--best_frame", str(self.best_frame), "--out_frames", str(ALL_FRAMES), "--num_mix", str(self.num_mix),
                "--ddim_steps", str(self.ddim_steps)]
         return Invocation(command=cmd, cwd=Path(self.config.repo), output=out)

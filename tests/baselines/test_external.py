@@ -41,14 +41,16 @@ def fake_repo(root: Path, name: str) -> Path:
         shutil.copy(STANDINS / "xportrait_standin.py", repo / "core/test_xportrait.py")
     elif name == "follow-your-emoji":
         (repo / "configs").mkdir(parents=True)
-        (repo / "configs/infer.yaml").write_text("base_model_path: 'pretrained_models/sd-image-variations-diffusers'\n"
+        (repo / "configs/infer.yaml").write_text("video_length: 16\n"
+                                                 "base_model_path: 'pretrained_models/sd-image-variations-diffusers'\n"
                                                  "init_checkpoint: 'pretrained_models/follow-your-emoji'\n")
         shutil.copy(STANDINS / "fye_standin.py", repo / "infer.py")
     else:
         (repo / "configs/inference/megactor-sigma").mkdir(parents=True)
         (repo / "configs/inference/megactor-sigma/inference.yaml").write_text(
             'pretrained_model_path: "./weights/StableDiffusion"\n'
-            'appearance_controlnet_motion_checkpoint_path: "./weights/megactor-sigma.ckpt"\n')
+            'appearance_controlnet_motion_checkpoint_path: "./weights/megactor-sigma.ckpt"\n'
+            'size: [64, 64]\n')
         shutil.copy(STANDINS / "megactor_standin.py", repo / "eval_audio.py")
     return repo
 
@@ -133,7 +135,8 @@ def test_x_portrait_contract(tmp_path, demo_ref, demo_drive):
     assert r.returncode == 0, r.stderr
     assert (probe(out)["frames"], probe(out)["width"]) == (6, 256)
     rec = recorded(tmp_path)
-    assert rec["best_frame"] == -1 and rec["out_frames"] == -1 and rec["ddim_steps"] == 30
+    assert rec["best_frame"] == -1 and rec["out_frames"] == 0 and rec["ddim_steps"] == 30
+    assert rec["rendered_frames"] == 6  # every driving frame rendered (upstream: -1 would drop the last)
     assert rec["uc_scale"] == 5 and rec["num_mix"] == 4 and rec["resume_dir"] == str(weights.resolve())
     assert rec["driving_frames"] == 6 and Path(rec["cwd"]) == repo.resolve()
     method = registry.get("x-portrait")(size=128, align=False)
@@ -166,7 +169,28 @@ def test_follow_your_emoji_contract(tmp_path, monkeypatch):
     assert calls == [(5, repo.resolve() / fye.TASK_MODEL)]
     rec = recorded(tmp_path)
     assert rec["template_len"] == 6 and rec["seed"] == 3 and len(rec["images"]) == 1
+    assert rec["video_length"] == 5  # the upstream generates the config's video_length frames, not the template's
     assert f"'{weights.resolve()}/follow-your-emoji'" in rec["config"]  # weights folder replaces pretrained_models/
+    assert (repo / "configs/infer.yaml").read_text().startswith("video_length: 16\n")  # the checkout is untouched
+
+    configure("follow-your-emoji", repo, sys.executable)  # without --weights: still a copy with the clip's length
+    session = registry.get("follow-your-emoji")(size=64).start(np.full((200, 200, 3), 120, np.uint8))
+    list(session.push(np.zeros((20, 64, 64, 3), np.uint8)))
+    assert len(list(session.flush())) == 20
+    rec = recorded(tmp_path)
+    assert rec["video_length"] == 20 and rec["template_len"] == 21
+    assert "'pretrained_models/follow-your-emoji'" in rec["config"]  # relative to the repo, the working folder
+    assert Path(rec["config_path"]).parent != repo / "configs"
+
+
+def test_follow_your_emoji_config_for_clip():
+    from baselines.follow_your_emoji import config_for_clip
+
+    text = "video_length: 16  # frames\nmodel:\n  kw:\n    temporal_position_encoding_max_len: 32\n"
+    out = config_for_clip(text, 40)
+    assert out.splitlines()[0] == "video_length: 40" and "max_len: 32" in out
+    assert config_for_clip("seed: 1\n", 7) == "seed: 1\nvideo_length: 7\n"
+    assert config_for_clip("a: 'pretrained_models/x'\nvideo_length: 16\n", 3, "/w/") == "a: '/w/x'\nvideo_length: 3\n"
 
 
 def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
@@ -176,12 +200,19 @@ def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
     weights = tmp_path / "weights"
     weights.mkdir()
     configure("megactor-sigma", repo, sys.executable, weights)
-    frames = np.random.default_rng(0).integers(0, 255, (70, 64, 64, 3), dtype=np.uint8)  # 2.8 s at 25 fps > 2.5 s
+    levels = 30 + (np.arange(70) % 7) * 10  # 2.8 s at 25 fps > 2.5 s; each frame one grey level
+    frames = np.broadcast_to(levels[:, None, None, None], (70, 64, 64, 3)).astype(np.uint8)
     method = registry.get("megactor-sigma")(size=96)
     session = method.start(np.full((64, 64, 3), 90, np.uint8))
     list(session.push(frames))
     outs = list(session.flush())
     assert len(outs) == 70 and outs[0].shape == (96, 96, 3)
+    # the stand-in's result panel is 255 - its driving frame: output i is driving frame i (the upstream leaves
+    # out frame 0, whose place the first result takes), the whole frame is the result panel (no gap, no other panel)
+    expected = np.concatenate([[255 - levels[1]], 255 - levels[1:]])
+    got = np.array([o.astype(float).mean() for o in outs])
+    assert np.abs(got - expected).max() < 4, np.round(got - expected)
+    assert min(float(o.min()) for o in outs) > 150
     rec = recorded(tmp_path)
     assert rec["no_audio"] is True and rec["limit"] * 25 >= 70  # the 2.5 s default raised to the whole clip
     assert rec["audio_seconds"] == pytest.approx(70 / 25, abs=0.05)  # a silent track: upstream needs one
@@ -195,6 +226,27 @@ def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
     rec = recorded(tmp_path)
     assert rec["no_audio"] is False and rec["audio_seconds"] == pytest.approx(2.0, abs=0.05)
     assert rec["guidance_scale"] == 2.0 and rec["num_steps"] == 25
+
+
+def test_megactor_result_panel():
+    from baselines.megactor_sigma import result_panel
+
+    row = np.zeros((516, 4 * 514 + 2, 3), np.uint8)
+    row[2:514, 3 * 514 + 2:3 * 514 + 2 + 512] = 200
+    panel = result_panel(row)
+    assert panel.shape == (512, 512, 3) and panel.min() == 200
+    with pytest.raises(UserError, match="row of 4 panels"):
+        result_panel(np.zeros((512, 512, 3), np.uint8))
+
+
+def test_external_session_collects_steps_and_invocation_is_abstract(tmp_path):
+    from baselines.external import ExternalMethod, configure
+
+    assert ExternalMethod.__abstractmethods__ == {"invocation"}
+    configure("megactor-sigma", fake_repo(tmp_path, "megactor-sigma"), sys.executable)
+    session = registry.get("megactor-sigma")(size=64).start(np.zeros((64, 64, 3), np.uint8))
+    assert list(session.step(np.zeros((16, 32, 32, 3), np.uint8))) == []  # collected, run at flush
+    assert list(session.push(np.zeros((32, 32, 3), np.uint8))) == [] and len(session.frames) == 17
 
 
 def test_upstream_failure_is_one_clear_error(tmp_path):
