@@ -23,16 +23,50 @@ Vae = Annotated[str, typer.Option(help="full: sd-vae-ft-mse decoder; tiny: TAESD
 Attention = Annotated[str, typer.Option(help="sdpa (PyTorch, default) or xformers (CUDA, if installed)")]
 
 
-def _model_options(method: str, vae: str, attention: str) -> dict:
-    """Model options only for the methods that have these knobs (diffusion models); checked by them."""
+def _model_options(method: str, vae: str, attention: str, extra: list[str] | None = None) -> dict:
+    """Options for the method's constructor: --vae/--attention for the models that have them, plus
+    every ``--option KEY=VALUE`` (checked against the method's own keyword arguments)."""
+    import inspect
+
     from personalive_cli.errors import UserError
 
     cls = registry.get(method)
-    if not getattr(cls, "needs_weights", False):
-        if vae != "full" or attention != "sdpa":
-            raise UserError(f"method {method!r} has no --vae/--attention options")
-        return {}
-    return {"vae": vae, "attention": attention}
+    options = {}
+    if getattr(cls, "needs_weights", False):
+        options = {"vae": vae, "attention": attention}
+    elif vae != "full" or attention != "sdpa":
+        raise UserError(f"method {method!r} has no --vae/--attention options")
+    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
+                if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and name != "self")}
+    for item in extra or []:
+        key, sep, raw = item.partition("=")
+        key = key.strip().replace("-", "_")
+        if not sep or not key:
+            raise UserError(f"--option wants KEY=VALUE, got {item!r}")
+        if key not in accepted or key in {"weights", "device", "dtype", "size", "seed"}:
+            known = ", ".join(sorted(accepted - {"weights", "device", "dtype", "size", "seed"})) or "none"
+            raise UserError(f"method {method!r} has no option {key!r} (its options: {known})")
+        options[key] = _parse_value(raw)
+    return options
+
+
+def _parse_value(raw: str):
+    """true/false, integers and floats become Python values; anything else stays a string."""
+    lowered = raw.strip().lower()
+    if lowered in ("true", "yes", "on"):
+        return True
+    if lowered in ("false", "no", "off"):
+        return False
+    for kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            pass
+    return raw
+
+
+Option = Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable), "
+                                                  "e.g. --option pasteback=false for liveportrait")]
 
 
 @app.callback(invoke_without_command=True)
@@ -108,6 +142,7 @@ def animate_cmd(
     crf: Annotated[int, typer.Option(help="H.264 quality (lower is better)")] = 18,
     vae: Vae = "full",
     attention: Attention = "sdpa",
+    option: Option = None,
     weights: Weights = None,
 ) -> None:
     """Animate REFERENCE with DRIVING into an H.264 mp4 (with the driving audio, in sync)."""
@@ -115,7 +150,7 @@ def animate_cmd(
 
     opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
                           seed=seed, crop=crop, weights=weights, crf=crf,
-                          method_options=_model_options(method, vae, attention))
+                          method_options=_model_options(method, vae, attention, option))
     progress = frame_progress()
     state = {}
 
@@ -157,6 +192,7 @@ def stream_cmd(
     input_fps: Annotated[float, typer.Option(help="fps of raw rgb24 stdin frames")] = 25.0,
     vae: Vae = "full",
     attention: Attention = "sdpa",
+    option: Option = None,
     weights: Weights = None,
 ) -> None:
     """Animate REFERENCE live from SOURCE, frame by frame, to stdout (y4m/rgb24) or ffmpeg (--to)."""
@@ -164,7 +200,7 @@ def stream_cmd(
 
     opts = LiveOptions(method=method, fmt=fmt, to=to, size=size, device=device, dtype=dtype, seed=seed, crop=crop,
                        realtime=realtime, input_format=input_format, input_size=input_size, input_fps=input_fps,
-                       weights=weights, method_options=_model_options(method, vae, attention))
+                       weights=weights, method_options=_model_options(method, vae, attention, option))
     stats = run_stream(reference, source, opts)
     if stats.closed:
         return

@@ -64,7 +64,10 @@ class PersonaLive(Method):
     description = "PersonaLive (CVPR 2026): 4-step streaming diffusion with hybrid motion control and keyframes"
 
     def __init__(self, weights=None, device="cpu", dtype=None, size=512, seed=42, random_weights: bool = False,
-                 vae: str = "full", attention: str = "sdpa", engine_options=None, **options):
+                 vae: str = "full", attention: str = "sdpa", engine_options=None, keyframes: bool = True,
+                 keyframe_threshold: float = 17.0, max_keyframes: int = 3, reset_keyframe_flag: bool = True,
+                 keyframe_compare: str = "emitted", bounded_motion_bank: bool = True, fp16_banks: bool = True,
+                 **options):
         super().__init__(weights=weights, device=device, dtype=dtype, size=size, seed=seed, **options)
         from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
         from personalive_cli.pipeline.engine import EngineOptions
@@ -88,7 +91,13 @@ class PersonaLive(Method):
         except (RuntimeError, ValueError) as exc:
             raise UserError(str(exc)) from None
         self.models = models.to(device=device, dtype=self.dtype)
-        self.engine_options = engine_options or EngineOptions(tiny_vae=vae == "tiny")
+        # Each official-code fix is a named option (see docs/personalive.md); `--option NAME=VALUE` sets it.
+        if keyframe_compare not in ("emitted", "newest"):
+            raise UserError(f"keyframe_compare must be 'emitted' or 'newest', got {keyframe_compare!r}")
+        self.engine_options = engine_options or EngineOptions(
+            keyframes=keyframes, keyframe_threshold=keyframe_threshold, max_keyframes=max_keyframes,
+            reset_keyframe_flag=reset_keyframe_flag, keyframe_compare=keyframe_compare,
+            bounded_motion_bank=bounded_motion_bank, fp16_banks=fp16_banks, tiny_vae=vae == "tiny")
 
     @classmethod
     def status(cls, weights=None) -> MethodStatus:

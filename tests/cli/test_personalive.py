@@ -113,3 +113,18 @@ def test_realtime_stream_drops_frames_when_behind(tmp_path, demo_ref, demo_drive
     received, written, dropped = (int(x) for x in match.groups())
     assert received == 120 and dropped > 0 and written == received - dropped
     assert len(r.stdout) == written * 128 * 128 * 3
+
+
+def test_engine_fixes_are_named_options(tmp_path, demo_ref, demo_drive, tiny_weights):
+    out = tmp_path / "o.mp4"
+    r = run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights", tiny_weights, "--size", 128,
+            "--frames", 4, "--crop", "none", "--option", "reset_keyframe_flag=false", "--option",
+            "keyframe_compare=newest", "-o", out)
+    assert r.returncode == 0, r.stderr
+    assert probe(out)["frames"] == 4
+    line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights", tiny_weights,
+                              "--option", "keyframe_compare=sideways", "-o", tmp_path / "p.mp4"))
+    assert "keyframe_compare" in line
+    line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights", tiny_weights,
+                              "--option", "no_such_knob=1", "-o", tmp_path / "p.mp4"))
+    assert "has no option 'no_such_knob'" in line
