@@ -113,6 +113,10 @@ def make_tiny_cmd(
         err.print(f"wrote a tiny random-weight LivePortrait to {target}")
         return
     root = Path(root)
+    if (root / "personalive").exists():
+        from personalive_cli.errors import UserError
+
+        raise UserError(f"{root} already holds PersonaLive weights; make-tiny writes only into a new folder")
     PersonaLiveModels.random(PersonaLiveConfig.tiny(), seed=seed).save_pretrained(root)
     err.print(f"wrote a tiny random-weight model to {root}")
 

@@ -9,6 +9,9 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
+import shutil
+import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -160,27 +163,39 @@ class PersonaLiveModels(nn.Module):
         return models.eval().requires_grad_(False)
 
     def save_pretrained(self, root: str | Path) -> WeightsLayout:
-        """Write the official layout (plus ``personalive/config.json`` describing this architecture)."""
+        """Write the official layout (plus ``personalive/config.json`` describing this architecture).
+
+        Everything is written into a temporary folder beside ``root`` first and moved into place
+        component by component, so an interrupted save never leaves truncated checkpoints behind."""
         root = Path(root)
+        root.mkdir(parents=True, exist_ok=True)
         _quiet_hub_progress()
-        layout = WeightsLayout.from_root(root)
-        layout.personalive.mkdir(parents=True, exist_ok=True)
-        unet_state = self.denoising_unet.state_dict()
-        temporal = {k: v for k, v in unet_state.items() if ".temporal_modules." in k}
-        spatial = {k: v for k, v in unet_state.items() if ".temporal_modules." not in k}
-        files = {"denoising_unet": spatial, "temporal_module": temporal,
-                 "reference_unet": self.reference_unet.state_dict(), "pose_guider": self.pose_guider.state_dict(),
-                 "motion_encoder": self.motion_encoder.state_dict(),
-                 "motion_extractor": self.keypoint_extractor.state_dict()}
-        for stem, state in files.items():
-            torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()}, layout.personalive / f"{stem}.pth")
-        (layout.personalive / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
-        layout.unet_config.parent.mkdir(parents=True, exist_ok=True)
-        layout.unet_config.write_text(json.dumps(_sd_unet_dict(self.config.unet), indent=2))
-        self.image_encoder.save_pretrained(layout.image_encoder)
-        self.vae.save_pretrained(layout.vae)
-        if self.taesd is not None:
-            self.taesd.save_pretrained(root / "taesd")
+        with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as tmp:
+            staging = Path(tmp)
+            layout = WeightsLayout.from_root(staging)
+            layout.personalive.mkdir(parents=True)
+            unet_state = self.denoising_unet.state_dict()
+            temporal = {k: v for k, v in unet_state.items() if ".temporal_modules." in k}
+            spatial = {k: v for k, v in unet_state.items() if ".temporal_modules." not in k}
+            files = {"denoising_unet": spatial, "temporal_module": temporal,
+                     "reference_unet": self.reference_unet.state_dict(), "pose_guider": self.pose_guider.state_dict(),
+                     "motion_encoder": self.motion_encoder.state_dict(),
+                     "motion_extractor": self.keypoint_extractor.state_dict()}
+            for stem, state in files.items():
+                torch.save({k: v.detach().cpu().contiguous() for k, v in state.items()},
+                           layout.personalive / f"{stem}.pth")
+            (layout.personalive / CONFIG_FILE).write_text(json.dumps(self.config.to_dict(), indent=2))
+            layout.unet_config.parent.mkdir(parents=True)
+            layout.unet_config.write_text(json.dumps(_sd_unet_dict(self.config.unet), indent=2))
+            self.image_encoder.save_pretrained(layout.image_encoder)
+            self.vae.save_pretrained(layout.vae)
+            if self.taesd is not None:
+                self.taesd.save_pretrained(staging / "taesd")
+            for part in staging.iterdir():
+                final = root / part.name
+                if final.is_dir():
+                    shutil.rmtree(final)
+                os.replace(part, final)
         return WeightsLayout.from_root(root)
 
 

@@ -128,3 +128,8 @@ def test_engine_fixes_are_named_options(tmp_path, demo_ref, demo_drive, tiny_wei
     line = one_error_line(run("animate", demo_ref, demo_drive, "--method", "personalive", "--weights", tiny_weights,
                               "--option", "no_such_knob=1", "-o", tmp_path / "p.mp4"))
     assert "has no option 'no_such_knob'" in line
+
+
+def test_make_tiny_never_overwrites_weights(tiny_weights):
+    line = one_error_line(run("weights", "make-tiny", tiny_weights))
+    assert "already holds PersonaLive weights" in line
