@@ -5,7 +5,18 @@ from __future__ import annotations
 from pathlib import Path
 
 import pytest
+import torch
 from helpers import DEMO_DRIVE, DEMO_REF, SHARED
+
+
+@pytest.fixture(scope="session", autouse=True)
+def one_torch_thread():
+    """Tests run torch on one thread: tiny models gain nothing from two, and on a shared 2-core
+    machine two threads made a tiny forward pass up to 50x slower."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")

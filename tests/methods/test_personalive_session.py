@@ -2,18 +2,9 @@
 
 import numpy as np
 import pytest
-import torch
 
 from personalive_cli.methods.personalive import PersonaLiveSession
 from personalive_cli.pipeline.engine import StreamEngine
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
 
 
 @pytest.mark.parametrize("length", [1, 3, 4, 5, 9, 14])

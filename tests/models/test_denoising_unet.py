@@ -23,14 +23,6 @@ B, F_, H, W = 1, 16, 8, 8
 TS = torch.tensor([0] * 4 + [333] * 4 + [666] * 4 + [999] * 4)
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are op-overhead bound: one thread is faster and steadier on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _manifest() -> dict:
     if not MANIFEST.is_file():

@@ -14,14 +14,6 @@ from personalive_cli.models.reference_unet import ReferenceUNet
 MANIFEST = Path(__file__).resolve().parents[2] / ".." / "shared" / "reference" / "personalive_checkpoints.json"
 
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    """Tiny models are op-overhead bound: one thread is faster and steadier on a busy 2-core machine."""
-    n = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(n)
-
 
 def _tiny(seed: int = 0) -> ReferenceUNet:
     torch.manual_seed(seed)

@@ -23,13 +23,6 @@ from personalive_cli.pipeline.engine import EngineOptions, StreamEngine
 SIZE = 128
 
 
-@pytest.fixture(scope="module", autouse=True)
-def one_thread():
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
-
 
 @pytest.fixture(scope="module")
 def inputs(shared_dir):

@@ -4,15 +4,6 @@ random-weight model and its weights folder in the official layout."""
 from __future__ import annotations
 
 import pytest
-import torch
-
-
-@pytest.fixture(scope="module", autouse=True)
-def one_torch_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
 
 
 @pytest.fixture(scope="session")
