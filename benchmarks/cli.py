@@ -84,6 +84,8 @@ def bench_cmd(
     steps: Annotated[int, typer.Option(help="speed: timed steps (real-time paced)")] = 20,
     pace_fps: Annotated[float | None, typer.Option(help="speed: arrival rate of the paced run (default: the video's fps, else 25)")] = None,
     budget: Annotated[float | None, typer.Option(help="speed: stop a phase early after this many seconds (min 3 timed steps)")] = None,
+    tlp_cross: Annotated[str, typer.Option("--tlp-cross", help="cross-reenactment tLP target: driving (the "
+                                            "driving video's motion) or none (reference-free)")] = "driving",
     fresh: Annotated[bool, typer.Option(help="ignore cached per-video results")] = False,
     shard: Annotated[str | None, typer.Option(help="i/n: do shard i of n (default: from accelerate launch / torchrun)")] = None,
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
@@ -92,7 +94,14 @@ def bench_cmd(
     if ctx.invoked_subcommand is not None:
         return
     from benchmarks.report import merge, write_outputs
-    from benchmarks.runner import BenchConfig, detect_shard, parse_shard, run_shard, wait_for_shards
+    from benchmarks.runner import (
+        BenchConfig,
+        detect_shard,
+        parse_shard,
+        run_shard,
+        shards_finished,
+        wait_for_shards,
+    )
 
     manual = parse_shard(shard)
     shard_ix = manual or detect_shard()
@@ -101,7 +110,7 @@ def bench_cmd(
                       metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
                       metrics_weights=metrics_weights, strict=strict, quality=quality, speed=speed,
                       random_weights=random_weights, warmup=warmup, steps=steps, speed_fps=pace_fps,
-                      budget_s=budget, fresh=fresh, shard=shard_ix)
+                      budget_s=budget, fresh=fresh, shard=shard_ix, tlp_cross=tlp_cross)
     progress = RichProgress()
     try:
         run_shard(cfg, progress)
@@ -110,7 +119,7 @@ def bench_cmd(
     index, count = shard_ix
     if count > 1:
         if manual:  # independent jobs: whoever finishes last merges
-            if not all((output / "shards" / f"{i}-of-{count}.json").is_file() for i in range(count)):
+            if len(shards_finished(output, count)) < count:  # only this run's markers count
                 err.print(f"shard {index}/{count} done; when every shard is done: personalive bench merge {output}")
                 return
         elif index != 0:

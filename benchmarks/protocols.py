@@ -6,7 +6,8 @@
 
 Frames are decoded with PyAV, cut to the first ``max_frames`` and resized (Lanczos) to ``size`` × ``size``
 when the prepared video has another size (``personalive data prepare folder`` already writes square
-face-centred crops, so this is normally a no-op at 512).
+face-centred crops, so this is normally a no-op at 512). A driving video that is not square is refused
+(resizing it would squash the face): prepare it with ``personalive data prepare folder`` first.
 """
 
 from __future__ import annotations
@@ -50,8 +51,12 @@ def read_frames(path: Path, size: int, max_frames: int | None = None) -> tuple[n
 def _read(reader: VideoReader, size: int, max_frames: int | None) -> tuple[np.ndarray, float]:
     path = reader.path
     stop = len(reader) if max_frames is None else min(len(reader), max_frames)
-    frames = [resize(f, size) if f.shape[0] != f.shape[1] or f.shape[0] != size else f
-              for f in reader.iter_frames(0, stop)]
+    frames = []
+    for f in reader.iter_frames(0, stop):
+        if f.shape[0] != f.shape[1]:  # resizing would squash the face: crop it first
+            raise UserError(f"{path}: not square ({f.shape[1]}x{f.shape[0]}); prepare the videos first: "
+                            "personalive data prepare folder RAW/ DATA/ (face-centred square crops)")
+        frames.append(f if f.shape[0] == size else resize(f, size))
     if not frames:
         raise UserError(f"{path}: no frames")
     return np.stack(frames), float(reader.info.fps)

@@ -83,8 +83,9 @@ def identity_protocol(protocols) -> str:
 
 
 def score_video(metrics: MetricSet, protocol: str, reference: np.ndarray, driving: np.ndarray,
-                generated: np.ndarray, id_set: str) -> tuple[dict, dict[str, np.ndarray]]:
-    """Per-video scores and the generated video's FVD/FID features (aggregated over the set later)."""
+                generated: np.ndarray, id_set: str, tlp_cross: str = "driving") -> tuple[dict, dict[str, np.ndarray]]:
+    """Per-video scores and the generated video's FVD/FID features (aggregated over the set later).
+    ``tlp_cross``: the cross-reenactment tLP target, "driving" or "none" (``--tlp-cross``; METRICS.md)."""
     scores: dict = {}
     feats: dict[str, np.ndarray] = {}
     if protocol == "self":
@@ -94,7 +95,7 @@ def score_video(metrics: MetricSet, protocol: str, reference: np.ndarray, drivin
             scores["tLP (self)"] = metrics.get("tLP (self)").tlp(generated, driving)
     else:
         if metrics.has("tLP (cross)") and len(generated) >= 2:
-            scores["tLP (cross)"] = metrics.get("tLP (cross)").tlp_cross(generated, driving)
+            scores["tLP (cross)"] = metrics.get("tLP (cross)").tlp_cross(generated, driving, against=tlp_cross)
     if protocol == id_set:
         for col in ("ID-SIM", "ID-SIM (dlib)"):
             if metrics.has(col):

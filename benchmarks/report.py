@@ -54,13 +54,18 @@ def merge(output: str | os.PathLike, partial: bool = False) -> tuple[pd.DataFram
         row: dict = {"method": name, "source": MEASURED}
         status = []
         if entries:
+            failed = out / "failed" / f"{st['key']}.json"
             if not st["ready"]:
                 status.append(f"weights absent: {st['detail']}")
                 row["quality"] = "weights absent"
+            elif failed.is_file():
+                status.append(f"failed: {json.loads(failed.read_text()).get('reason', '?')}")
+                row["quality"] = "failed"
             else:
                 recs, fake, real, missing = [], {"FVD": [], "FID": []}, {"FVD": [], "FID": []}, []
                 for e in entries:
-                    p = out / "cache" / st["key"] / f"{_safe(e['id'])}.json"
+                    name_ = e.get("cache_name") or _safe(e["id"])
+                    p = out / "cache" / st["key"] / f"{name_}.json"
                     if not p.is_file():
                         missing.append(e["id"])
                         continue
@@ -68,7 +73,7 @@ def merge(output: str | os.PathLike, partial: bool = False) -> tuple[pd.DataFram
                     recs.append({**rec["scores"], "protocol": rec["protocol"]})
                     if e["protocol"] == id_set:
                         f = _load_npz(p.with_suffix(".npz"))
-                        r = _load_npz(out / "cache" / run["real_key"] / f"{_safe(e['id'])}.npz")
+                        r = _load_npz(out / "cache" / run["real_key"] / f"{name_}.npz")
                         for k in ("FVD", "FID"):
                             if k in f and k in r:
                                 fake[k].append(f[k])

@@ -3,15 +3,22 @@
 Output folder layout (``--output``, default ``bench_results/``)::
 
     run.json                         the run's settings, dataset entries, metric status, method status
-    cache/<method key>/<id>.json     per-video scores (+ <id>.npz: FVD/FID features of the output)
-    cache/real-<key>/<id>.npz        FVD/FID features of the driving video (shared by methods)
-    speed/<method>.json              one speed row per method
-    shards/<i>-of-<n>.json           written when shard i finishes
+    cache/<method key>/<name>.json   per-video scores (+ <name>.npz: FVD/FID features of the output)
+    cache/real-<key>/<name>.npz      FVD/FID features of the driving video (shared by methods)
+    failed/<method key>.json         why a method failed (its row says "failed: <reason>")
+    speed/<method>.json              one speed row per method (status "failed: <reason>" when it failed)
+    shards/<i>-of-<n>.json           written when shard i finishes; holds the run id
+
+<name> = the entry id + a digest of its resolved driving/reference paths with their sizes and
+modification times (``entry_cache_name``), so another dataset with the same file names, or an edited
+video, never reuses these scores. The run id (``run.json``) digests the settings and entries: a shard
+marker left in the folder by an earlier, different run is not taken as finished.
     results.csv/.json/.md, bench.png the merged table and its plot
 
 A per-video result is reused when it exists and was computed with every metric loaded now (an
 interrupted run resumes where it stopped; ``--fresh`` ignores the cache). The method key hashes what
-changes outputs: method, size, seed, dtype, weights folder, frame limit, method options.
+changes outputs: method, size, seed, dtype, weights folder, frame limit, method options, and the
+cross-reenactment tLP target (``--tlp-cross``).
 
 Sharding: shard i of n takes dataset entries i, i+n, i+2n, ... (quality) and methods i, i+n, ...
 (speed). ``--shard i/n`` or the RANK/WORLD_SIZE that ``accelerate launch``/``torchrun`` set select it;
@@ -60,6 +67,7 @@ class BenchConfig:
     budget_s: float | None = None
     fresh: bool = False
     shard: tuple[int, int] = (0, 1)
+    tlp_cross: str = "driving"         # cross-reenactment tLP target: "driving" or "none" (METRICS.md)
     method_options: dict = field(default_factory=dict)
 
 
@@ -112,7 +120,50 @@ def method_key(cfg: BenchConfig, name: str) -> str:
     weights = str(Path(cfg.weights).resolve()) if cfg.weights else None
     return f"{_safe(name)}-{cfg.size}-" + _digest(
         {"m": name, "size": cfg.size, "seed": cfg.seed, "dtype": cfg.dtype, "weights": weights,
-         "frames": cfg.frames, "opts": cfg.method_options})
+         "frames": cfg.frames, "opts": cfg.method_options, "tlp_cross": cfg.tlp_cross})
+
+
+def _file_id(path: Path | None) -> dict | None:
+    if path is None:
+        return None
+    p = Path(path).resolve()
+    try:
+        st = p.stat()
+    except OSError:
+        return {"path": str(p)}
+    return {"path": str(p), "size": st.st_size, "mtime": st.st_mtime_ns}
+
+
+def entry_cache_name(root: Path, entry) -> str:
+    """The cache file stem of one entry: its id + a digest of the resolved driving and reference files
+    (path, size, mtime), so the same ids from another dataset or an edited file are not reused."""
+    return f"{_safe(entry.id)}-" + _digest({"protocol": entry.protocol,
+                                            "driving": _file_id(entry.driving_path(root)),
+                                            "reference": _file_id(entry.reference_path(root))})
+
+
+def run_id(cfg: BenchConfig, entries: list[dict], count: int) -> str:
+    """Digest of the run's settings (all but the shard index and --fresh) and its entries."""
+    conf = {k: v for k, v in asdict(cfg).items() if k not in ("shard", "fresh")}
+    return _digest({"config": conf, "entries": entries, "shards": count})
+
+
+def shards_finished(out: Path, count: int, rid: str | None = None) -> list[int]:
+    """Indices of the shards whose marker belongs to this run (``rid``; default: run.json's)."""
+    if rid is None:
+        try:
+            rid = json.loads((Path(out) / "run.json").read_text()).get("run_id")
+        except (OSError, ValueError):
+            return []
+    done = []
+    for i in range(count):
+        try:
+            m = json.loads((Path(out) / "shards" / f"{i}-of-{count}.json").read_text())
+        except (OSError, ValueError):
+            continue
+        if m.get("run_id") == rid:
+            done.append(i)
+    return done
 
 
 def real_key(cfg: BenchConfig) -> str:
@@ -177,6 +228,8 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
         root, entries = load_dataset(cfg.dataset)
         if cfg.max_videos:
             entries = entries[: cfg.max_videos]
+    if cfg.tlp_cross not in ("driving", "none"):
+        raise UserError(f"--tlp-cross must be driving or none, got {cfg.tlp_cross!r}")
     if not cfg.quality and not cfg.speed:
         raise UserError("nothing to do: enable quality (--dataset) or --speed")
     do_quality = cfg.quality and bool(entries)
@@ -200,10 +253,12 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
         method_status[name] = {"ready": st.ready, "detail": st.detail, "key": method_key(cfg, name)}
     run = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("shard",)},
            "shards": count, "dataset_root": str(root) if root else None,
-           "entries": [asdict(e) for e in entries] if do_quality else [], "id_set": id_set,
+           "entries": [{**asdict(e), "cache_name": entry_cache_name(root, e)} for e in entries] if do_quality else [],
+           "id_set": id_set,
            "columns": columns, "methods": method_status, "real_key": real_key(cfg),
            "metrics": {"loaded": sorted(metrics.objects) if metrics else [],
                        "missing": metrics.missing if metrics else {}}}
+    run["run_id"] = rid = run_id(cfg, run["entries"], count)
     _write_json(out / "run.json", run)
     marker = out / "shards" / f"{index}-of-{count}.json"
     marker.unlink(missing_ok=True)
@@ -213,10 +268,31 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
         mine = entries[index::count]
         done["quality"] = _quality(cfg, out, root, mine, methods, method_status, metrics, id_set, progress,
                                    metric_device)
+    metrics = None  # free the metric networks: the speed phase measures the method alone
+    _free_memory()
     if cfg.speed:
         done["speed"] = _speed(cfg, out, root, entries, methods[index::count], progress, index, count)
-    _write_json(marker, {"shard": index, "of": count, "finished": time.time(), **done})
+    _write_json(marker, {"shard": index, "of": count, "run_id": rid, "finished": time.time(), **done})
     return out
+
+
+class _BadInput(Exception):
+    """A dataset entry that cannot be read: raised as such, not recorded as the method's failure."""
+
+
+def _free_memory() -> None:
+    import gc
+
+    import torch
+
+    gc.collect()
+    if torch.cuda.is_available():
+        torch.cuda.empty_cache()
+
+
+def _reason(exc: BaseException) -> str:
+    text = " ".join(str(exc).split()) or "no message"
+    return f"{type(exc).__name__}: {text}"[:300]
 
 
 def _shard_device(device: str, index: int, count: int) -> str:
@@ -245,7 +321,7 @@ def _quality(cfg, out, root, entries, methods, method_status, metrics, id_set, p
     real_dir.mkdir(parents=True, exist_ok=True)
     real_needed = {k for k in loaded if k in ("FVD", "FID")}
     for entry in entries:
-        real_path = real_dir / f"{_safe(entry.id)}.npz"
+        real_path = real_dir / f"{entry_cache_name(root, entry)}.npz"
         need = real_needed if entry.protocol == id_set else set()
         real = {} if cfg.fresh else _load_npz(real_path)
         if set(map(str, real.get("metrics", []))) != need or not real_path.is_file():
@@ -255,34 +331,51 @@ def _quality(cfg, out, root, entries, methods, method_status, metrics, id_set, p
     progress.start("quality", len(entries) * max(1, len(runnable)))
     for name in runnable:
         method = None
-        for entry in entries:
-            rec_path = out / "cache" / method_status[name]["key"] / f"{_safe(entry.id)}.json"
-            if not cfg.fresh and rec_path.is_file():
-                rec = json.loads(rec_path.read_text())
-                if set(loaded) <= set(rec.get("metrics", [])) and rec.get("id_set") == id_set:
-                    progress.advance("quality", info=f"{name}: {entry.id} (cached)")
-                    continue
-            sample = load_sample(root, entry, cfg.size, cfg.frames)
-            per_video = getattr(registry.get(name), "takes_driving_context", False)  # this clip's fps, audio
-            if method is None or per_video:
-                options = {**cfg.method_options, **(sample.context() if per_video else {})}
-                method = build_method(name, cfg.size, device, cfg.dtype, cfg.seed, cfg.weights, **options)
-            t0 = time.perf_counter()
-            generated = run_method(method, sample)
-            seconds = time.perf_counter() - t0
-            scores, feats = score_video(metrics, entry.protocol, sample.reference, sample.driving, generated, id_set)
-            rec_path.parent.mkdir(parents=True, exist_ok=True)
-            if feats:
-                _save_npz(rec_path.with_suffix(".npz"), feats)
-            else:
-                rec_path.with_suffix(".npz").unlink(missing_ok=True)
-            _write_json(rec_path, {"id": entry.id, "protocol": entry.protocol, "method": name,
-                                   "frames": len(generated), "seconds": seconds, "scores": scores,
-                                   "metrics": loaded, "id_set": id_set})
-            done.append(f"{name}/{entry.id}")
-            progress.advance("quality", info=f"{name}: {entry.id} {len(generated) / max(seconds, 1e-9):.1f} fps")
-        del method
+        failed_path = out / "failed" / f"{method_status[name]['key']}.json"
+        failed_path.unlink(missing_ok=True)
+        current = None
+        try:
+            for entry in entries:
+                current = entry.id
+                rec_path = out / "cache" / method_status[name]["key"] / f"{entry_cache_name(root, entry)}.json"
+                if not cfg.fresh and rec_path.is_file():
+                    rec = json.loads(rec_path.read_text())
+                    if set(loaded) <= set(rec.get("metrics", [])) and rec.get("id_set") == id_set:
+                        progress.advance("quality", info=f"{name}: {entry.id} (cached)")
+                        continue
+                try:
+                    sample = load_sample(root, entry, cfg.size, cfg.frames)
+                except Exception as exc:  # noqa: BLE001 - the dataset's fault, not the method's
+                    raise _BadInput(exc) from exc
+                per_video = getattr(registry.get(name), "takes_driving_context", False)  # this clip's fps, audio
+                if method is None or per_video:
+                    options = {**cfg.method_options, **(sample.context() if per_video else {})}
+                    method = None
+                    method = build_method(name, cfg.size, device, cfg.dtype, cfg.seed, cfg.weights, **options)
+                t0 = time.perf_counter()
+                generated = run_method(method, sample)
+                seconds = time.perf_counter() - t0
+                scores, feats = score_video(metrics, entry.protocol, sample.reference, sample.driving, generated,
+                                            id_set, tlp_cross=cfg.tlp_cross)
+                rec_path.parent.mkdir(parents=True, exist_ok=True)
+                if feats:
+                    _save_npz(rec_path.with_suffix(".npz"), feats)
+                else:
+                    rec_path.with_suffix(".npz").unlink(missing_ok=True)
+                _write_json(rec_path, {"id": entry.id, "protocol": entry.protocol, "method": name,
+                                       "frames": len(generated), "seconds": seconds, "scores": scores,
+                                       "metrics": loaded, "id_set": id_set, "tlp_cross": cfg.tlp_cross})
+                done.append(f"{name}/{entry.id}")
+                progress.advance("quality", info=f"{name}: {entry.id} {len(generated) / max(seconds, 1e-9):.1f} fps")
+        except _BadInput as exc:
+            raise exc.args[0] from None
+        except Exception as exc:  # noqa: BLE001 - one method failing (OOM, a bug) must not end the bench
+            reason = f"{_reason(exc)} (video {current})"
+            _write_json(failed_path, {"method": name, "reason": reason})
+            progress.log(f"{name}: failed: {reason}; going on with the other methods")
+        method = None
         gc.collect()
+        _free_memory()
     return done
 
 
@@ -304,7 +397,12 @@ def _speed(cfg, out, root, entries, methods, progress, index, count):
         def on_step(phase, k, total, label=label):
             progress.advance(label, info=phase)
 
-        row = measure_method(name, opts, reference, driving, peak_cache=peaks, on_step=on_step)
+        try:
+            row = measure_method(name, opts, reference, driving, peak_cache=peaks, on_step=on_step)
+        except Exception as exc:  # noqa: BLE001 - one method failing (OOM, a bug) must not end the bench
+            row = {"method": name, "status": f"failed: {_reason(exc)}"}
+            progress.log(f"speed {name}: {row['status']}; going on with the other methods")
+        _free_memory()
         row["speed input"] = "dataset clip" if driving is not None else "synthetic"
         _write_json(out / "speed" / f"{_safe(name)}.json", row)
         done.append(name)
@@ -321,10 +419,13 @@ def _speed_input(cfg, root, entries, load_sample):
     return (np.clip(img, 0, 1) * 255).astype(np.uint8), None, 25.0
 
 
-def wait_for_shards(out: Path, count: int, timeout: float = 24 * 3600, poll: float = 0.5) -> None:
+def wait_for_shards(out: Path, count: int, timeout: float = 24 * 3600, poll: float = 0.5,
+                    rid: str | None = None) -> None:
+    """Wait until every shard of this run (``rid``; default: run.json's) wrote its marker."""
     deadline = time.time() + timeout
     while True:
-        missing = [i for i in range(count) if not (out / "shards" / f"{i}-of-{count}.json").is_file()]
+        finished = set(shards_finished(out, count, rid))
+        missing = [i for i in range(count) if i not in finished]
         if not missing:
             return
         if time.time() > deadline:

@@ -55,6 +55,9 @@ def _resolve(root: Path, p: str) -> Path:
 
 
 def _entry(raw: dict, where: str) -> Entry:
+    if not isinstance(raw, dict):
+        raise UserError(f"{where}: expected an object with 'driving' (and 'reference', 'protocol', ...), "
+                        f"got {type(raw).__name__} {str(raw)[:60]!r}")
     driving = str(raw.get("driving") or raw.get("video") or "").strip()
     if not driving:
         raise UserError(f"{where}: entry without a 'driving' video: {raw}")
@@ -66,10 +69,21 @@ def _entry(raw: dict, where: str) -> Entry:
         raise UserError(f"{where}: cross-reenactment entry {driving!r} needs a 'reference'")
     frames = raw.get("frames")
     fps = raw.get("fps")
+    try:
+        frames = int(frames) if frames not in (None, "") else None
+        if frames is not None and frames < 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: 'frames' must be a whole number >= 0, got {frames!r}") from None
+    try:
+        fps = float(fps) if fps not in (None, "") else None
+        if fps is not None and not fps > 0:
+            raise ValueError
+    except (TypeError, ValueError):
+        raise UserError(f"{where}: 'fps' must be a positive number, got {fps!r}") from None
     return Entry(id=str(raw.get("id") or Path(driving).stem).strip(), protocol=protocol, driving=driving,
-                 reference=reference if protocol == "cross" else "",
-                 frames=int(frames) if frames not in (None, "") else None,
-                 fps=float(fps) if fps not in (None, "") else None, source=str(raw.get("source") or ""))
+                 reference=reference if protocol == "cross" else "", frames=frames, fps=fps,
+                 source=str(raw.get("source") or ""))
 
 
 def read_manifest(path: str | os.PathLike) -> list[Entry]:

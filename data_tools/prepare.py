@@ -8,14 +8,20 @@ audio (if any) cut to the clip and kept in sync.
 and at least two videos it also pairs each driving video with the first frame of the next video
 (``DST/references/<id>.png``) for cross-reenactment.
 
+Ids: the path under SRC without extension, ``/`` → ``__``, spaces → ``_``; two sources giving the same id
+(``a.mov`` and ``a.mp4``) are told apart by appending the extension to the later one in sorted order
+(``a``, ``a_mp4``). DST may lie inside SRC
+(its outputs are not taken as sources).
+
 Resumable: a video whose output exists is skipped (outputs are written to a temporary name and
-renamed when complete, so an existing file is a finished one). ``DST/prepare.json`` records the
+renamed when complete, so an existing file is a finished one). ``DST/prepare.json`` (written atomically) records the
 settings; preparing into it again with other settings is refused unless ``force``.
 """
 
 from __future__ import annotations
 
 import json
+import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from fractions import Fraction
@@ -59,6 +65,23 @@ def _video_id(src: Path, video: Path) -> str:
     return video.relative_to(src).with_suffix("").as_posix().replace("/", "__").replace(" ", "_")
 
 
+def _video_ids(src: Path, videos: list[Path]) -> list[str]:
+    """One distinct id per video (sorted order, so stable across resumed runs): a clash (``a.mp4`` and
+    ``a.mov``, ``a b.mp4`` and ``a_b.mp4``) gets the extension, then a number, appended."""
+    ids: list[str] = []
+    taken: set[str] = set()
+    for v in videos:
+        vid = _video_id(src, v)
+        if vid in taken:
+            base = f"{vid}_{v.suffix.lstrip('.').lower()}"
+            vid, n = base, 2
+            while vid in taken:
+                vid, n = f"{base}{n}", n + 1
+        ids.append(vid)
+        taken.add(vid)
+    return ids
+
+
 def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
                    on_start: Callable[[int], None] | None = None,
                    on_video: Callable[[str, int], None] | None = None,
@@ -70,7 +93,9 @@ def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
         raise UserError("--size must be at least 64 and --fps positive")
     if opts.max_frames is not None and opts.max_frames < 1:
         raise UserError("--max-frames must be at least 1")
-    videos = list_videos(src)
+    # DST may lie inside SRC: its own outputs are not sources (else a resumed run would refuse them)
+    dst_abs = dst.absolute()
+    videos = [v for v in list_videos(src) if dst_abs not in v.absolute().parents]
     if dst.resolve() in [p.resolve() for p in [src, *src.parents]] or any(
             dst.resolve() in v.resolve().parents for v in videos):
         raise UserError("DST must not contain the source videos")
@@ -83,14 +108,15 @@ def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
         old = json.loads(settings_path.read_text())
         if old != settings:
             raise UserError(f"{dst} was prepared with other settings ({old}); use another DST or --force")
-    settings_path.write_text(json.dumps(settings, indent=2))
+    tmp = settings_path.with_name(f".{SETTINGS_FILE}.part")
+    tmp.write_text(json.dumps(settings, indent=2))
+    os.replace(tmp, settings_path)
     fps = Fraction(opts.fps).limit_denominator(1001)
     result = PrepareResult(manifest=dst / "manifest.csv")
     entries: list[Entry] = []
     if on_start:
         on_start(len(videos))
-    for video in videos:
-        vid = _video_id(src, video)
+    for video, vid in zip(videos, _video_ids(src, videos), strict=True):
         out = dst / "videos" / f"{vid}.mp4"
         rel = out.relative_to(dst).as_posix()
         if out.is_file() and not opts.force:

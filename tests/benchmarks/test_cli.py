@@ -60,3 +60,20 @@ def test_bench_errors(prepared_demo, tmp_path, monkeypatch):
     assert r.exit_code == 1 and "alexnet-owt-7be5be79.pth" in r.stderr and "Traceback" not in r.output
     r = runner.invoke(app, ["bench", "--methods", "still", "--no-quality", "-o", str(tmp_path / "o")])
     assert r.exit_code == 1 and "nothing to do" in r.stderr
+    r = runner.invoke(app, ["bench", "--methods", "still", "--dataset", str(prepared_demo), "--tlp-cross", "both",
+                            "-o", str(tmp_path / "o")])
+    assert r.exit_code == 1 and "--tlp-cross must be driving or none" in r.stderr
+
+
+def test_tlp_cross_flag_reaches_the_score(tmp_path, moving_frames, random_lpips, double_method):
+    """--tlp-cross none scores the output's own frame-to-frame change; driving compares it with the driving's."""
+    import numpy as np
+
+    from benchmarks.quality import MetricSet, score_video
+
+    ms = MetricSet(objects={"LPIPS": random_lpips, "tLP": random_lpips})
+    video = np.stack(moving_frames(4, 128, 0))
+    ref = video[0]
+    driving, _ = score_video(ms, "cross", ref, video, video, "cross", tlp_cross="driving")
+    none, _ = score_video(ms, "cross", ref, video, video, "cross", tlp_cross="none")
+    assert driving["tLP (cross)"] == pytest.approx(0, abs=1e-6) and none["tLP (cross)"] > 0

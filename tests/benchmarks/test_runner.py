@@ -69,11 +69,11 @@ def test_cache_resumes_after_interruption(tiny_dataset, tmp_path, double_method,
     def start(self, reference):
         calls.append(1)
         if len(calls) == fail["at"]:
-            raise RuntimeError("interrupted")  # stopped while on the second video
+            raise KeyboardInterrupt("interrupted")  # stopped (Ctrl-C) while on the second video
         return real_start(self, reference)
 
     monkeypatch.setattr(double_method, "start", start)
-    with pytest.raises(RuntimeError, match="interrupted"):
+    with pytest.raises(KeyboardInterrupt, match="interrupted"):
         run_shard(_cfg(tiny_dataset, out, ["test-double"]), metric_overrides={"LPIPS": random_lpips})
     cached = list((out / "cache").glob("test-double-*/*.json"))
     assert len(cached) == 1
@@ -147,3 +147,57 @@ def test_set_level_metrics_through_the_runner(tmp_path, double_method, moving_fr
 def test_driving_context_methods_get_each_clips_fps(tiny_dataset, tmp_path, context_method, random_lpips):
     run_shard(_cfg(tiny_dataset, tmp_path / "out", ["context-double"]), metric_overrides={"LPIPS": random_lpips})
     assert context_method.seen == [(25.0, None)] * 3  # built per clip with its fps (no audio track)
+
+
+def test_a_failing_method_is_a_row_not_the_end_of_the_bench(tiny_dataset, tmp_path, double_method, random_lpips,
+                                                           monkeypatch):
+    """A method raising (out of memory, a bug) in quality and in speed gets "failed: <reason>"; the others run."""
+    def boom(self, reference):
+        raise MemoryError("CUDA out of memory (test)")
+
+    monkeypatch.setattr(double_method, "start", boom)
+    out = tmp_path / "out"
+    run_shard(_cfg(tiny_dataset, out, ["test-double", "still"], max_videos=1, speed=True, warmup=0, steps=1),
+              metric_overrides={"LPIPS": random_lpips})
+    df, _ = merge(out)
+    bad, still = _row(df, "test-double"), _row(df, "still")
+    assert bad["quality"] == "failed" and "failed: MemoryError: CUDA out of memory (test)" in bad["status"]
+    assert "speed: failed: MemoryError" in bad["status"]
+    assert still["videos"] == 1 and still["FPS"] > 0
+    from benchmarks.report import rich_tables
+
+    assert any("failed: MemoryError" in t for t in rich_tables(df, {}) if isinstance(t, str))
+    write_outputs(df, {}, out)
+
+
+def test_cache_is_keyed_by_the_files_not_only_the_ids(tmp_path, double_method, random_lpips, moving_frames):
+    """Two datasets with the same file names in one --output: the second must not reuse the first's
+    scores; the tLP (cross) target is part of the key too."""
+    from helpers import write_video
+
+    out = tmp_path / "out"
+    for k, name in enumerate(("a", "b")):
+        d = tmp_path / name
+        d.mkdir()
+        write_video(d / "clip.mp4", moving_frames(4, 128, k), fps=25)
+    run_shard(_cfg(tmp_path / "a", out, ["still"]), metric_overrides={"LPIPS": random_lpips})
+    lp_a = _row(merge(out)[0], "still")["LPIPS"]
+    run_shard(_cfg(tmp_path / "b", out, ["still"]), metric_overrides={"LPIPS": random_lpips})
+    assert len(list((out / "cache").glob("still-*/clip-*.json"))) == 2
+    assert _row(merge(out)[0], "still")["LPIPS"] != lp_a
+    from benchmarks.runner import method_key
+
+    cfg = _cfg(tmp_path / "a", out, ["still"])
+    assert method_key(cfg, "still") != method_key(_cfg(tmp_path / "a", out, ["still"], tlp_cross="none"), "still")
+    with pytest.raises(UserError, match="--tlp-cross"):
+        run_shard(_cfg(tmp_path / "a", out, ["still"], tlp_cross="both"))
+
+
+def test_non_square_raw_video_is_refused(tmp_path, double_method):
+    from helpers import write_video
+
+    d = tmp_path / "raw"
+    d.mkdir()
+    write_video(d / "wide.mp4", [np.zeros((64, 96, 3), np.uint8)] * 2, fps=25)
+    with pytest.raises(UserError, match="not square.*personalive data prepare folder"):
+        run_shard(_cfg(d, tmp_path / "out", ["still"], metrics=[]))

@@ -61,3 +61,19 @@ def test_manual_shards_then_merge(tiny_dataset, tmp_path, empty_metric_caches):
     assert still["videos"] == 3
     r = runner.invoke(app, [*BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--shard", "2/2"])
     assert r.exit_code == 1 and "--shard must be i/n" in r.stderr
+
+
+def test_stale_shard_markers_of_another_run_are_not_taken_as_finished(tiny_dataset, tmp_path, empty_metric_caches):
+    """A marker left by an earlier run with other settings must not trigger the merge of this run."""
+    from benchmarks.runner import shards_finished
+
+    out = tmp_path / "out"
+    runner = CliRunner()
+    r = runner.invoke(app, [*BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--shard", "1/2",
+                            "--max-videos", "2"])
+    assert r.exit_code == 0, r.output
+    # a new run (other settings) into the same folder: shard 0 finishes, shard 1's old marker is stale
+    r = runner.invoke(app, [*BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--shard", "0/2"])
+    assert r.exit_code == 0, r.output
+    assert "when every shard is done" in r.stderr and not (out / "results.csv").exists()
+    assert shards_finished(out, 2) == [0]

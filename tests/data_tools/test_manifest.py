@@ -48,3 +48,16 @@ def test_folder_of_videos_is_self_reenactment(tmp_path):
     write_video(tmp_path / "sub" / "b.mp4", frames)
     root, entries = load_dataset(tmp_path)
     assert [(e.id, e.protocol) for e in entries] == [("a", "self"), ("sub__b", "self")]
+
+
+def test_bad_entries_are_one_line_errors(tmp_path):
+    (tmp_path / "frames.csv").write_text("id,driving,frames\na,a.mp4,ten\n")
+    with pytest.raises(UserError, match="'frames' must be a whole number"):
+        read_manifest(tmp_path / "frames.csv")
+    (tmp_path / "fps.json").write_text(json.dumps([{"driving": "a.mp4", "fps": "fast"}]))
+    with pytest.raises(UserError, match="'fps' must be a positive number"):
+        read_manifest(tmp_path / "fps.json")
+    for bad in (["a.mp4"], [1, 2], {"items": [None]}):
+        (tmp_path / "list.json").write_text(json.dumps(bad))
+        with pytest.raises(UserError, match="expected an object"):
+            read_manifest(tmp_path / "list.json")

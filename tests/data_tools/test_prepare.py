@@ -60,3 +60,20 @@ def test_cli_prepares_demo_clip_with_face_crops(tmp_path, demo_drive):
 def test_cli_errors(tmp_path):
     r = CliRunner().invoke(app, ["data", "prepare", "folder", str(tmp_path / "nope"), str(tmp_path / "out")])
     assert r.exit_code == 1 and "source folder not found" in r.stderr
+
+
+def test_clashing_ids_dst_inside_src_and_atomic_settings(tmp_path):
+    """a.mov and a.mp4 both become videos (a, a_mp4); DST inside SRC resumes; prepare.json is whole."""
+    src = tmp_path / "raw"
+    src.mkdir()
+    frames = [np.full((48, 48, 3), 10 * i, np.uint8) for i in range(4)]
+    write_video(src / "a.mp4", frames, fps=10)
+    write_video(src / "a.mov", frames, fps=10)
+    dst = src / "prepared"
+    opts = PrepareOptions(size=64, fps=10, crop="none")
+    r = prepare_folder(src, dst, opts)
+    assert sorted(r.done) == ["a", "a_mp4"] and not r.failed
+    assert sorted(e.id for e in read_manifest(dst / "manifest.csv")) == ["a", "a_mp4"]
+    r = prepare_folder(src, dst, opts)  # resume: its own outputs under SRC are not new sources
+    assert sorted(r.skipped) == ["a", "a_mp4"] and not r.done
+    assert not list(dst.glob(".*.part"))
