@@ -20,6 +20,7 @@ It is not ArcFace and its values are not comparable with the paper's ID-SIM.
 
 from __future__ import annotations
 
+import abc
 import os
 from collections.abc import Callable
 
@@ -241,7 +242,7 @@ def _normalize(e: np.ndarray) -> np.ndarray:
 # --------------------------------------------------------------------------- metrics
 
 
-class IdentityMetric:
+class IdentityMetric(abc.ABC):
     """Cosine identity similarity: reference vs each frame.
 
     Subclasses implement ``embed(images) -> (embeddings (n, d), face_found (n,) bool)``.
@@ -259,8 +260,9 @@ class IdentityMetric:
         self.last_faces_found: int | None = None
         self.last_frames: int | None = None
 
-    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:  # pragma: no cover - abstract
-        raise NotImplementedError
+    @abc.abstractmethod
+    def embed(self, images: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Identity embeddings of ``images`` and which of them had a face."""
 
     def similarities(self, reference, frames) -> np.ndarray:
         """Per-frame cosine similarity (n,); NaN for frames skipped under on_no_face='skip'."""

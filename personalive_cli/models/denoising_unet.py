@@ -34,7 +34,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import math
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
@@ -441,10 +441,11 @@ class _FrameTransformer(nn.Module):
 
 
 class _VanillaModule(nn.Module):
-    temporal_transformer: _FrameTransformer
+    """Shared wrapper of the motion and temporal modules; subclasses say how an attention block mixes
+    tokens (``_mix``: per-frame cross-attention to motion tokens, or self-attention across frames)."""
 
-    def _mix(self, attn: Attention, n: torch.Tensor, cond: _Cond) -> torch.Tensor:
-        raise NotImplementedError
+    temporal_transformer: _FrameTransformer
+    _mix: Callable[[Attention, torch.Tensor, _Cond], torch.Tensor]
 
     def forward(self, x: torch.Tensor, cond: _Cond) -> torch.Tensor:
         """x: (b*f, C, h, w) -> (b*f, C, h, w)."""

@@ -67,8 +67,8 @@ def test_clip_based_method_is_timed_over_the_whole_clip(monkeypatch):
             self.frames.append(frames)
             return iter(())
 
-        def step(self, frames):  # pragma: no cover - never called
-            raise NotImplementedError
+        def step(self, frames):  # never called: push() is overridden to only buffer
+            raise AssertionError("step() must not be called")
 
         def flush(self):
             time.sleep(0.2)
