@@ -658,24 +658,11 @@ def _time_embedding(module: nn.Module, timesteps: torch.Tensor | float | int, ro
     return module.time_embedding(module.time_proj(t).to(dtype))
 
 
-# ----------------------------------------------------------------------------------------------------------
-# the denoising UNet
+class _UNetBase(nn.Module):
+    """What both UNets share once ``_build_body`` has run: dtype/device, the attention backend and the
+    names of the spatial transformer blocks (identical in both, so banks pair by name)."""
 
-
-class DenoisingUNet(nn.Module):
-    """eps = DenoisingUNet(sample, timesteps, clip_embeds, motion_tokens, pose_features, bank_kv).
-
-    See the module docstring for the structure. State-dict keys equal the official files' (spec §2.1).
-    """
-
-    def __init__(self, config: DenoisingUNetConfig | None = None) -> None:
-        super().__init__()
-        self.config = cfg = config or DenoisingUNetConfig()
-        _build_body(self, cfg, video=True)
-        c0 = cfg.block_out_channels[0]
-        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
-        self.conv_act = nn.SiLU()
-        self.conv_out = nn.Conv2d(c0, cfg.out_channels, kernel_size=3, padding=1)
+    def _finish_build(self) -> None:
         self.attention_backend = "sdpa"
         self._block_names = tuple(_block_names(self))
 
@@ -695,6 +682,27 @@ class DenoisingUNet(nn.Module):
         """Module paths of the spatial transformer blocks (= bank names), e.g.
         "down_blocks.0.attentions.0.transformer_blocks.0"; order: down, mid, up."""
         return list(self._block_names)
+
+
+# ----------------------------------------------------------------------------------------------------------
+# the denoising UNet
+
+
+class DenoisingUNet(_UNetBase):
+    """eps = DenoisingUNet(sample, timesteps, clip_embeds, motion_tokens, pose_features, bank_kv).
+
+    See the module docstring for the structure. State-dict keys equal the official files' (spec §2.1).
+    """
+
+    def __init__(self, config: DenoisingUNetConfig | None = None) -> None:
+        super().__init__()
+        self.config = cfg = config or DenoisingUNetConfig()
+        _build_body(self, cfg, video=True)
+        c0 = cfg.block_out_channels[0]
+        self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
+        self.conv_act = nn.SiLU()
+        self.conv_out = nn.Conv2d(c0, cfg.out_channels, kernel_size=3, padding=1)
+        self._finish_build()
 
     def bank_kv(self, banks: Mapping[str, torch.Tensor]) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
         """Project reference banks once: {name: (n, L, C) LN1 tokens} -> {name: (K, V)}, each (n, L, C).

@@ -15,21 +15,19 @@ the rest of the up path or the output head, whose result nobody reads.
 from __future__ import annotations
 
 import torch
-from torch import nn
 
 from personalive_cli.models.denoising_unet import (
     DenoisingUNetConfig,
-    _block_names,
     _build_body,
-    _check_backend,
     _Cond,
     _time_embedding,
+    _UNetBase,
 )
 
 __all__ = ["ReferenceUNet"]
 
 
-class ReferenceUNet(nn.Module):
+class ReferenceUNet(_UNetBase):
     """banks = ReferenceUNet(latent (b, 4, h, w), clip_embeds (b, n, 768)) -> {block name: (b, L, C)}.
 
     Built from the same `DenoisingUNetConfig` as the denoising UNet (motion/temporal fields unused).
@@ -39,24 +37,7 @@ class ReferenceUNet(nn.Module):
         super().__init__()
         self.config = cfg = config or DenoisingUNetConfig()
         _build_body(self, cfg, video=False)
-        self.attention_backend = "sdpa"
-        self._block_names = tuple(_block_names(self))
-
-    @property
-    def dtype(self) -> torch.dtype:
-        return self.conv_in.weight.dtype
-
-    @property
-    def device(self) -> torch.device:
-        return self.conv_in.weight.device
-
-    def set_attention_backend(self, name: str) -> None:
-        """"sdpa" (default, any device) or "xformers" (CUDA; RuntimeError if it is not installed)."""
-        self.attention_backend = _check_backend(name)
-
-    def attention_block_names(self) -> list[str]:
-        """Bank names in execution order (down, mid, up); equal to `DenoisingUNet.attention_block_names()`."""
-        return list(self._block_names)
+        self._finish_build()
 
     def forward(
         self, latent: torch.Tensor, clip_embeds: torch.Tensor, timestep: torch.Tensor | float | int = 0
