@@ -32,12 +32,12 @@ class TemplateLandmarker:
     """MediaPipe FaceLandmarker (image mode) returning the upstream template record for one RGB frame."""
 
     def __init__(self, task_model: str | Path) -> None:
-        from personalive_cli.faces.detector import _quiet_native_stderr
+        from personalive_cli.faces.detector import quiet_native_stderr
 
         if not Path(task_model).is_file():
             raise UserError(f"MediaPipe face landmarker model not found: {task_model}")
         try:
-            with _quiet_native_stderr():
+            with quiet_native_stderr():
                 from mediapipe.tasks.python import vision
                 from mediapipe.tasks.python.core.base_options import BaseOptions
         except ImportError:
@@ -47,7 +47,7 @@ class TemplateLandmarker:
                                                running_mode=vision.RunningMode.IMAGE,
                                                output_face_blendshapes=True,
                                                output_facial_transformation_matrixes=True, num_faces=1)
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             self._landmarker = vision.FaceLandmarker.create_from_options(options)
 
     def __call__(self, rgb: np.ndarray) -> dict | None:

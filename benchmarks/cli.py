@@ -93,6 +93,9 @@ def bench_cmd(
     """Run the bench: `personalive bench --methods all --dataset DIR [--speed]`. `bench merge DIR` merges shards."""
     if ctx.invoked_subcommand is not None:
         return
+    from personalive_cli.extras import require_extra
+
+    require_extra("bench", "personalive bench")
     from benchmarks.report import merge, write_outputs
     from benchmarks.runner import (
         BenchConfig,
@@ -141,6 +144,9 @@ def merge_cmd(
     as_json: Annotated[bool, typer.Option("--json", help="print the results as JSON on stdout")] = False,
 ) -> None:
     """Merge the shards' per-video results and speed rows in OUTPUT into one table."""
+    from personalive_cli.extras import require_extra
+
+    require_extra("bench", "personalive bench merge")
     from benchmarks.report import merge, write_outputs
 
     df, notes = merge(output, partial=partial)

@@ -41,6 +41,7 @@ import numpy as np
 from benchmarks.quality import QUALITY_COLUMNS, identity_protocol, load_metrics, score_video
 from personalive_cli import registry
 from personalive_cli.errors import UserError
+from personalive_cli.io.outputs import NewFolder, check_output_folder
 
 
 @dataclass
@@ -215,8 +216,7 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
     from data_tools.manifest import load_dataset
 
     progress = progress or Progress()
-    out = Path(cfg.output)
-    out.mkdir(parents=True, exist_ok=True)
+    out = check_output_folder(cfg.output, inputs=[cfg.dataset])
     index, count = cfg.shard
     methods = resolve_methods(cfg.methods)
     columns = list(cfg.metrics or QUALITY_COLUMNS)
@@ -246,6 +246,15 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
                                    **({"factory": metric_factory} if metric_factory else {}))
         except MetricUnavailable as exc:
             raise UserError(f"--strict: {exc}") from None
+    # a folder this run creates is removed again if it fails before any result is in it
+    with NewFolder(out, scaffolding=("run.json",)):
+        _run_checked(cfg, progress, out, methods, columns, root, entries, do_quality, metrics, metric_device)
+    return out
+
+
+def _run_checked(cfg: BenchConfig, progress: Progress, out: Path, methods: list[str], columns: list[str],
+                 root, entries, do_quality: bool, metrics, metric_device) -> None:
+    index, count = cfg.shard
     id_set = identity_protocol(e.protocol for e in entries) if entries else "self"
     method_status = {}
     for name in methods:
@@ -273,7 +282,6 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
     if cfg.speed:
         done["speed"] = _speed(cfg, out, root, entries, methods[index::count], progress, index, count)
     _write_json(marker, {"shard": index, "of": count, "run_id": rid, "finished": time.time(), **done})
-    return out
 
 
 class _BadInput(Exception):

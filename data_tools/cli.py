@@ -7,7 +7,7 @@ from typing import Annotated
 
 import typer
 
-from personalive_cli.cli.console import err, fps_text, frame_progress, handle_errors
+from personalive_cli.cli.console import advance_with_fps, err, frame_progress, handle_errors
 
 data_app = typer.Typer(no_args_is_help=True, help="Prepare datasets for the bench (and training).")
 prepare_app = typer.Typer(no_args_is_help=True, help="Turn raw videos into face-centred square crops at a fixed fps.")
@@ -46,9 +46,8 @@ def prepare_folder_cmd(
             state["frames"] = progress.add_task(vid[:40], total=total, fps="-- fps")
 
     def on_frame():
-        t = state["frames"]
-        progress.advance(t)
-        progress.update(t, fps=fps_text(progress.tasks[t]))
+        if "frames" in state:
+            advance_with_fps(progress, state["frames"])
 
     try:
         result = prepare_folder(src, dst, opts, on_start=on_start, on_video=on_video, on_frame=on_frame)

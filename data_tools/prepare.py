@@ -30,8 +30,8 @@ from pathlib import Path
 from data_tools.manifest import Entry, list_videos, write_manifest
 from personalive_cli.errors import UserError
 from personalive_cli.faces.crop import FaceCropper
+from personalive_cli.io.outputs import NewFolder, check_output_folder
 from personalive_cli.io.video import VideoReader, VideoWriter
-from personalive_cli.pipeline.animate import driving_frames
 
 SETTINGS_FILE = "prepare.json"
 
@@ -101,19 +101,32 @@ def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
         raise UserError("DST must not contain the source videos")
     if not videos:
         raise UserError(f"no videos found in {src}")
-    (dst / "videos").mkdir(parents=True, exist_ok=True)
+    check_output_folder(dst)
     settings_path = dst / SETTINGS_FILE
     settings = opts.settings()
     if settings_path.is_file() and not opts.force:
         old = json.loads(settings_path.read_text())
         if old != settings:
             raise UserError(f"{dst} was prepared with other settings ({old}); use another DST or --force")
-    tmp = settings_path.with_name(f".{SETTINGS_FILE}.part")
-    tmp.write_text(json.dumps(settings, indent=2))
-    os.replace(tmp, settings_path)
+    # Folders this run creates are removed again if it ends without one finished clip.
+    with NewFolder(dst), NewFolder(dst / "videos"):
+        return _prepare_all(src, dst, videos, opts, on_start, on_video, on_frame)
+
+
+def _prepare_all(src: Path, dst: Path, videos: list[Path], opts: PrepareOptions, on_start, on_video,
+                 on_frame) -> PrepareResult:
+    settings_path = dst / SETTINGS_FILE
     fps = Fraction(opts.fps).limit_denominator(1001)
     result = PrepareResult(manifest=dst / "manifest.csv")
     entries: list[Entry] = []
+
+    def record(entry: Entry) -> None:
+        if not entries:  # the settings are written with the first finished clip, not before
+            tmp = settings_path.with_name(f".{SETTINGS_FILE}.part")
+            tmp.write_text(json.dumps(opts.settings(), indent=2))
+            os.replace(tmp, settings_path)
+        entries.append(entry)
+
     if on_start:
         on_start(len(videos))
     for video, vid in zip(videos, _video_ids(src, videos), strict=True):
@@ -122,8 +135,7 @@ def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
         if out.is_file() and not opts.force:
             result.skipped.append(vid)
             n = len(VideoReader(out))
-            entries.append(Entry(id=vid, protocol="self", driving=rel, frames=n, fps=float(fps),
-                                 source=str(video)))
+            record(Entry(id=vid, protocol="self", driving=rel, frames=n, fps=float(fps), source=str(video)))
             if on_video:
                 on_video(vid, 0)
             continue
@@ -133,7 +145,7 @@ def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
             result.failed[vid] = str(exc)
             continue
         result.done.append(vid)
-        entries.append(Entry(id=vid, protocol="self", driving=rel, frames=n, fps=float(fps), source=str(video)))
+        record(Entry(id=vid, protocol="self", driving=rel, frames=n, fps=float(fps), source=str(video)))
         write_manifest(result.manifest, entries)  # progress survives an interruption
     if opts.cross and len(entries) >= 2:
         entries += _cross_pairs(dst, entries)
@@ -152,7 +164,7 @@ def _prepare_one(video: Path, out: Path, fps: Fraction, opts: PrepareOptions, on
     writer = VideoWriter(out, fps, crf=opts.crf, audio_from=video if reader.info.has_audio else None,
                          audio_start=reader.frame_time(indices[0]) if indices else 0.0)
     try:
-        for frame in driving_frames(reader, indices):
+        for frame in reader.iter_indices(indices):
             for cropped in cropper.crop(frame):
                 writer.write(cropped)
                 if on_frame:

@@ -83,6 +83,8 @@ class Method(abc.ABC):
     description: str = ""
     needs_weights: bool = False          # has --weights/--vae/--attention knobs (diffusion/GAN models)
     takes_driving_context: bool = False  # gets fps=, audio=, audio_start= options from `animate`
+    downloads_to_cache: bool = False     # download_weights(None) fills a cache that status() searches
+    weights_env: str | None = None       # environment variable naming its weights folder, if any
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", dtype=None, size: int = 512,
                  seed: int | None = None, **options):
@@ -97,6 +99,12 @@ class Method(abc.ABC):
     def status(cls, weights: str | Path | None = None) -> MethodStatus:
         """Whether this method can run here, and what it needs if not."""
         return MethodStatus(ready=True, detail="ready")
+
+    @classmethod
+    def download_weights(cls, root: str | Path | None = None) -> None:
+        """Fetch this method's weights: into ``root``, or (``None``) into the cache its
+        :meth:`status` searches. Methods with downloadable weights override this."""
+        raise UserError(f"method {cls.name!r} has no weights to download")
 
     @classmethod
     def check_size(cls, size: int) -> None:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import json
+import os
 import time
 from pathlib import Path
 from typing import Annotated
@@ -11,7 +12,7 @@ import typer
 from rich.table import Table
 
 from personalive_cli import __version__, registry
-from personalive_cli.cli.console import err, fps_text, frame_progress, handle_errors
+from personalive_cli.cli.console import advance_with_fps, err, frame_progress, handle_errors, setup_logging
 
 app = typer.Typer(add_completion=False, no_args_is_help=True, pretty_exceptions_enable=False,
                   help="Real-time, streamable, diffusion-based portrait animation.")
@@ -71,6 +72,7 @@ Option = Annotated[list[str] | None, typer.Option("--option", help="method optio
 
 @app.callback(invoke_without_command=True)
 def _root(version: Annotated[bool, typer.Option("--version", help="print the version")] = False) -> None:
+    setup_logging()
     if version:
         print(__version__)
         raise typer.Exit()
@@ -125,16 +127,73 @@ def methods_configure_cmd(
 app.add_typer(methods_app, name="methods")
 
 
+ReferenceFrame = Annotated[int, typer.Option(help="when the reference is a video: the frame to use")]
+
+
+def _run_animate(reference: Path, driving: Path, output: Path, opts) -> None:
+    """Run :func:`animate` with a progress bar and a summary line (shared by `animate` and `demo`)."""
+    from personalive_cli.pipeline.animate import animate
+
+    progress = frame_progress()
+    state = {}
+
+    def on_start(total, out_fps):
+        progress.start()  # only once inputs are validated, so an early error prints one line
+        state["task"] = progress.add_task(f"animate ({opts.method})", total=total, fps="-- fps")
+
+    def on_frame():
+        advance_with_fps(progress, state["task"])
+
+    started = time.perf_counter()
+    try:
+        result = animate(reference, driving, output, opts, on_start=on_start, on_frame=on_frame)
+    finally:
+        progress.stop()
+    seconds = time.perf_counter() - started
+    err.print(f"wrote {result.path} ({result.frames} frames at {float(result.fps):.3f} fps"
+              f"{', with audio' if result.audio else ''}) in {seconds:.1f} s ({result.frames / seconds:.2f} frames/s)",
+              highlight=False, soft_wrap=True)
+
+
 @app.command("animate")
 @handle_errors
 def animate_cmd(
-    reference: Annotated[Path, typer.Argument(help="reference portrait (any image PIL reads)")],
+    reference: Annotated[Path, typer.Argument(help="reference portrait (any image PIL reads, or a video: see "
+                                                   "--reference-frame)")],
     driving: Annotated[Path, typer.Argument(help="driving video (any video FFmpeg reads)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output mp4")] = Path("out.mp4"),
+    output: Annotated[Path, typer.Option("--output", "-o", help="output video: .mp4, .mov, .mkv or .webm")] = Path("out.mp4"),
     method: Annotated[str, typer.Option(help="method name (see `personalive methods`)")] = "personalive",
     frames: Annotated[int | None, typer.Option(help="animate only the first N driving frames")] = None,
     size: Size = 512,
     fps: Annotated[float | None, typer.Option(help="output fps (default: the driving video's)")] = None,
+    device: Device = "auto",
+    dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, fp32 on CPU)")] = "auto",
+    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    crop: Annotated[str, typer.Option(help="auto: face-centred square crops; none: resize whole frames")] = "auto",
+    crf: Annotated[int, typer.Option(help="H.264 quality (lower is better)")] = 18,
+    reference_frame: ReferenceFrame = 0,
+    vae: Vae = "full",
+    attention: Attention = "sdpa",
+    option: Option = None,
+    weights: Weights = None,
+) -> None:
+    """Animate REFERENCE with DRIVING into a video (with the driving audio, in sync)."""
+    from personalive_cli.pipeline.animate import AnimateOptions
+
+    opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
+                          seed=seed, crop=crop, weights=weights, crf=crf, reference_frame=reference_frame,
+                          method_options=_model_options(method, vae, attention, option))
+    _run_animate(reference, driving, output, opts)
+
+
+@app.command("demo")
+@handle_errors
+def demo_cmd(
+    output: Annotated[Path, typer.Option("--output", "-o", help="output video: .mp4, .mov, .mkv or .webm")] = Path("demo.mp4"),
+    method: Annotated[str, typer.Option(help="method name; `--method still` needs no weights")] = "personalive",
+    frames: Annotated[int | None, typer.Option(help="animate only the first N driving frames")] = None,
+    size: Size = 512,
+    fps: Annotated[float | None, typer.Option(help="output fps (default: the demo's 25)")] = None,
     device: Device = "auto",
     dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, fp32 on CPU)")] = "auto",
     seed: Annotated[int, typer.Option(help="random seed")] = 42,
@@ -145,31 +204,39 @@ def animate_cmd(
     option: Option = None,
     weights: Weights = None,
 ) -> None:
-    """Animate REFERENCE with DRIVING into an H.264 mp4 (with the driving audio, in sync)."""
-    from personalive_cli.pipeline.animate import AnimateOptions, animate
+    """Animate the bundled demo (the official release's portrait and 4 s of its driving video).
 
+    A method whose weights are not found (no --weights, no environment variable, nothing in the hub
+    cache) and that can fetch them downloads them into the hub cache first, once."""
+    from personalive_cli.demo import demo_files
+    from personalive_cli.pipeline.animate import AnimateOptions
+
+    reference, driving = demo_files()
+    method_options = _model_options(method, vae, attention, option)
+    _fetch_demo_weights(method, weights)
     opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
-                          seed=seed, crop=crop, weights=weights, crf=crf,
-                          method_options=_model_options(method, vae, attention, option))
-    progress = frame_progress()
-    state = {}
+                          seed=seed, crop=crop, weights=weights, crf=crf, method_options=method_options)
+    _run_animate(reference, driving, output, opts)
 
-    def on_start(total, out_fps):
-        progress.start()  # only once inputs are validated, so an early error prints one line
-        state["task"] = progress.add_task(f"animate ({method})", total=total, fps="-- fps")
 
-    def on_frame():
-        progress.advance(state["task"])
-        progress.update(state["task"], fps=fps_text(progress.tasks[state["task"]]))
+def _fetch_demo_weights(method: str, weights: str | None) -> None:
+    """Download a method's weights into the hub cache when nothing points at any (as diffusers'
+    ``from_pretrained`` does on first use); offline, one line saying what to do instead."""
+    from personalive_cli.errors import UserError
 
-    started = time.perf_counter()
+    cls = registry.get(method)
+    if weights is not None or cls.status(None).ready or not cls.downloads_to_cache:
+        return  # given explicitly (its errors are the user's to see), already there, or not fetchable
+    if cls.weights_env and os.environ.get(cls.weights_env):
+        return
+    err.print(f"{method} weights not found: downloading them into the Hugging Face cache (once; "
+              f"`personalive weights download` does the same)", highlight=False, soft_wrap=True)
     try:
-        result = animate(reference, driving, output, opts, on_start=on_start, on_frame=on_frame)
-    finally:
-        progress.stop()
-    seconds = time.perf_counter() - started
-    err.print(f"wrote {result.path} ({result.frames} frames at {float(result.fps):.3f} fps"
-              f"{', with audio' if result.audio else ''}) in {seconds:.1f} s ({result.frames / seconds:.2f} frames/s)")
+        cls.download_weights(None)
+    except UserError as exc:
+        raise UserError(f"{method} weights are not here and could not be downloaded ({exc}); when online run "
+                        "`personalive weights download`, or try `personalive demo --method still` (no weights) "
+                        "or `--method liveportrait`") from None
 
 
 @app.command("stream")
@@ -190,6 +257,7 @@ def stream_cmd(
     input_format: Annotated[str, typer.Option(help="stdin format: auto (y4m by magic, else rgb24), y4m, rgb24")] = "auto",
     input_size: Annotated[str | None, typer.Option(help="WxH of raw rgb24 stdin frames")] = None,
     input_fps: Annotated[float, typer.Option(help="fps of raw rgb24 stdin frames")] = 25.0,
+    reference_frame: ReferenceFrame = 0,
     vae: Vae = "full",
     attention: Attention = "sdpa",
     option: Option = None,
@@ -200,7 +268,7 @@ def stream_cmd(
 
     opts = LiveOptions(method=method, fmt=fmt, to=to, size=size, device=device, dtype=dtype, seed=seed, crop=crop,
                        realtime=realtime, input_format=input_format, input_size=input_size, input_fps=input_fps,
-                       weights=weights, method_options=_model_options(method, vae, attention, option))
+                       weights=weights, reference_frame=reference_frame, method_options=_model_options(method, vae, attention, option))
     stats = run_stream(reference, source, opts)
     if stats.closed:
         return

@@ -104,15 +104,17 @@ def make_tiny_cmd(
 
     Its output is noise-like: it exists to try the whole pipeline without a download, and for tests.
     `make-tiny liveportrait DIR` writes a tiny LivePortrait in its official layout instead."""
+    from personalive_cli.io.outputs import check_output_folder
     from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
 
     if root == "liveportrait" and target is not None:
         from baselines.liveportrait.models import LivePortraitConfig, LivePortraitModels
 
+        check_output_folder(target)
         LivePortraitModels.random(LivePortraitConfig.tiny(), seed=seed).save_pretrained(target)
         err.print(f"wrote a tiny random-weight LivePortrait to {target}")
         return
-    root = Path(root)
+    root = check_output_folder(root)
     if (root / "personalive").exists():
         from personalive_cli.errors import UserError
 

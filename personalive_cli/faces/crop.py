@@ -8,6 +8,7 @@ the whole frame (squashing non-square frames, as the official code does for the 
 
 from __future__ import annotations
 
+import logging
 from dataclasses import dataclass
 
 import numpy as np
@@ -16,7 +17,10 @@ from PIL import Image
 from personalive_cli.errors import UserError
 from personalive_cli.faces.detector import Box, FaceDetector
 
+log = logging.getLogger(__name__)
+
 CROP_MODES = ("auto", "none")
+MIN_FACE_PX = 64  # below this the 512² model upsamples more than 8×: features smear
 
 
 @dataclass
@@ -98,14 +102,32 @@ class FaceCropper:
 
 def crop_reference(image: np.ndarray, mode: str, size: int) -> np.ndarray:
     """The reference portrait at ``size``. A square image is resized whole (as the official code does);
-    a non-square one is face-centred with ``auto`` and squashed with ``none``."""
+    a non-square one is face-centred with ``auto`` and squashed with ``none``. With ``auto`` the faces
+    are looked for in either case, to warn about a reference that will animate poorly."""
+    faces = None
+    if mode == "auto":
+        detector = FaceDetector()
+        try:
+            faces = detector.detect_all(image)
+        finally:
+            detector.close()
+    _warn_about_reference(image, faces)
     if mode == "none" or image.shape[0] == image.shape[1]:
         return resize(image, size)
-    detector = FaceDetector()
-    try:
-        box = detector.detect(image)
-    finally:
-        detector.close()
-    if box is None:
+    if not faces:
         raise UserError("no face found in the reference image (try --crop none)")
-    return crop_square(image, *square_around(box, CropConfig.scale), size)
+    return crop_square(image, *square_around(faces[0], CropConfig.scale), size)
+
+
+def _warn_about_reference(image: np.ndarray, faces: list[Box] | None) -> None:
+    """Warnings (not errors: the result may still be what the user wants) for a reference showing
+    several faces, or a face too small for the model to see its features."""
+    h, w = image.shape[:2]
+    if faces and len(faces) > 1:
+        x0, y0, x1, y1 = faces[0]
+        log.warning("the reference shows %d faces; animating the largest (%d×%d px at x=%d, y=%d)",
+                    len(faces), x1 - x0, y1 - y0, x0, y0)
+    side = max(faces[0][2] - faces[0][0], faces[0][3] - faces[0][1]) if faces else min(h, w)
+    if side < MIN_FACE_PX:
+        what = f"the reference face is {side:.0f} px wide" if faces else f"the reference is {w}×{h} px"
+        log.warning("%s: a face under %d px will look poor (use a larger portrait)", what, MIN_FACE_PX)

@@ -23,33 +23,37 @@ class FaceDetector:
     def __init__(self, min_confidence: float = 0.5):
         os.environ.setdefault("GLOG_minloglevel", "2")  # mediapipe's C++ logs would flood stderr
         try:
-            with _quiet_native_stderr():
+            with quiet_native_stderr():
                 from mediapipe.python.solutions import face_detection
         except ImportError:
             raise UserError("--crop auto needs mediapipe: pip install 'personalive[faces]' "
                             "(or use --crop none)") from None
         # Its graph threads print TFLite/absl banners while starting: construct it and run one
         # warm-up inference inside a single silenced window.
-        with _quiet_native_stderr():
+        with quiet_native_stderr():
             self._detector = face_detection.FaceDetection(model_selection=1, min_detection_confidence=min_confidence)
             self._detector.process(np.zeros((128, 128, 3), np.uint8))
 
     def detect(self, frame: np.ndarray) -> Box | None:
+        faces = self.detect_all(frame)
+        return faces[0] if faces else None
+
+    def detect_all(self, frame: np.ndarray) -> list[Box]:
+        """Every face box, largest first."""
         h, w = frame.shape[:2]
         result = self._detector.process(np.ascontiguousarray(frame))
-        if not result.detections:
-            return None
-        best = max(result.detections,
-                   key=lambda d: d.location_data.relative_bounding_box.width * d.location_data.relative_bounding_box.height)
-        b = best.location_data.relative_bounding_box
-        return (b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h)
+        boxes = []
+        for d in result.detections or []:
+            b = d.location_data.relative_bounding_box
+            boxes.append((b.xmin * w, b.ymin * h, (b.xmin + b.width) * w, (b.ymin + b.height) * h))
+        return sorted(boxes, key=lambda b: (b[2] - b[0]) * (b[3] - b[1]), reverse=True)
 
     def close(self) -> None:
         self._detector.close()
 
 
 @contextlib.contextmanager
-def _quiet_native_stderr():
+def quiet_native_stderr():
     """Silence what mediapipe's C++ side writes straight to fd 2 (banners, not errors we act on)."""
     sys.stderr.flush()
     saved = os.dup(2)

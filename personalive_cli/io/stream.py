@@ -18,6 +18,7 @@ import numpy as np
 
 from personalive_cli.errors import UserError
 from personalive_cli.io.ffmpeg import find_ffmpeg
+from personalive_cli.io.outputs import check_output_file, temp_path, video_container
 from personalive_cli.io.video import VideoReader
 
 
@@ -88,7 +89,8 @@ def open_source(spec: str, input_format: str = "auto", input_size: str | None = 
         fps = container.streams.video[0].guessed_rate or Fraction(30)
         return Source(_pyav_frames(container, spec), Fraction(fps), realtime is not False, spec)
     reader = VideoReader(spec)
-    return Source(reader.iter_frames(), reader.info.fps, bool(realtime), spec)
+    fps, indices = reader.output_plan()  # a variable-rate file is placed on its nominal rate by timestamps
+    return Source(reader.iter_indices(indices), fps, bool(realtime), spec)
 
 
 class LiveBuffer:
@@ -203,6 +205,11 @@ class Sink:
                 raise UserError(f"ffmpeg failed (exit {code}): {self.ffmpeg_error() or 'no message'}")
 
 
+def is_file_target(url: str) -> bool:
+    """Whether ``--to`` names a file (rather than a URL or a v4l2loopback device)."""
+    return not url.startswith("/dev/video") and "://" not in url
+
+
 def ffmpeg_sink(url: str, fps: Fraction) -> Sink:
     """Pipe y4m into ``ffmpeg`` writing ``url``: a file (written to a temporary name, renamed when
     ffmpeg succeeds), an RTMP/RTSP/SRT URL, or a v4l2loopback device."""
@@ -219,12 +226,13 @@ def ffmpeg_sink(url: str, fps: Fraction) -> Sink:
         if fmt:
             cmd += ["-f", fmt]
     else:
-        final = Path(url)
-        if not final.parent.is_dir():
-            raise UserError(f"output folder does not exist: {final.parent}")
-        tmp = final.with_name(f".{final.stem}.part{final.suffix}")
+        final = check_output_file(url)
+        muxer, codec, _ = video_container(final)
+        tmp = temp_path(final)
         finalize, target = (tmp, final), str(tmp)
-        cmd += ["-c:v", "libx264", "-crf", "18", "-pix_fmt", "yuv420p"]
+        cmd += ["-c:v", codec, "-crf", "18", "-pix_fmt", "yuv420p", "-f", muxer]
+        if codec == "libvpx-vp9":
+            cmd += ["-b:v", "0", "-row-mt", "1", "-deadline", "realtime", "-cpu-used", "8"]
     cmd.append(target)
     process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
     return Sink(process.stdin, "y4m", fps, process=process, finalize=finalize)

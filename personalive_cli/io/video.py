@@ -9,7 +9,6 @@ presentation timestamp so that random access returns the frames sequential decod
 from __future__ import annotations
 
 import os
-import tempfile
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
 from fractions import Fraction
@@ -19,6 +18,7 @@ import av
 import numpy as np
 
 from personalive_cli.errors import UserError
+from personalive_cli.io.outputs import check_output_file, temp_path, video_container
 
 
 @dataclass(frozen=True)
@@ -34,9 +34,9 @@ class VideoInfo:
         return float(self.frames / self.fps) if self.fps else 0.0
 
 
-def _open(path: Path):
+def _open(path: Path, role: str):
     if not path.is_file():
-        raise UserError(f"driving video not found: {path}")
+        raise UserError(f"{role} not found: {path}")
     try:
         container = av.open(str(path))
     except (av.error.FFmpegError, OSError, ValueError) as exc:
@@ -50,22 +50,27 @@ def _open(path: Path):
 class VideoReader:
     """Frames of a video file as uint8 RGB ``(h, w, 3)``, sequentially or by index."""
 
-    def __init__(self, path: str | Path):
+    def __init__(self, path: str | Path, role: str = "driving video"):
         self.path = Path(path)
-        container = _open(self.path)
+        container = _open(self.path, role)
         try:
             stream = container.streams.video[0]
             has_audio = bool(container.streams.audio)
             pts = []
+            last_duration = {}
             try:
                 for packet in container.demux(stream):
                     if packet.size and not packet.is_discard and packet.pts is not None:
                         pts.append(packet.pts)
+                        if packet.duration:
+                            last_duration[packet.pts] = packet.duration
             except av.error.FFmpegError as exc:
                 raise UserError(f"cannot read video {self.path}: {exc}") from None
             # Presentation order; B-frames make decode order differ.
             self._pts = sorted(pts)
             self._time_base = stream.time_base
+            # how long the last frame is shown: the end of the video, which resampling must keep
+            self._last_duration = last_duration.get(self._pts[-1]) if self._pts else None
             fps = stream.guessed_rate or stream.average_rate
             if not fps and len(self._pts) > 1:
                 fps = Fraction(len(self._pts) - 1) / ((self._pts[-1] - self._pts[0]) * self._time_base)
@@ -118,6 +123,17 @@ class VideoReader:
         finally:
             container.close()
 
+    def iter_indices(self, indices: Sequence[int]) -> Iterator[np.ndarray]:
+        """Decode sequentially, emitting each source frame as often as ``indices`` (non-decreasing)
+        names it: the frames of a resampled plan (:meth:`output_plan`) without random access."""
+        if not indices:
+            return
+        pos = 0
+        for i, frame in enumerate(self.iter_frames(indices[0], indices[-1] + 1), start=indices[0]):
+            while pos < len(indices) and indices[pos] == i:
+                yield frame
+                pos += 1
+
     def read(self, indices: Sequence[int]) -> list[np.ndarray]:
         """Random access: the frames at ``indices`` (each seek lands on the exact presented frame)."""
         out = []
@@ -126,6 +142,32 @@ class VideoReader:
                 raise IndexError(f"frame {i} out of range 0..{len(self) - 1}")
             out.append(next(self.iter_frames(i, i + 1)))
         return out
+
+    @property
+    def constant_rate(self) -> bool:
+        """Whether every frame is presented where the nominal frame rate puts it (within half a frame).
+        A variable-frame-rate file (phone recordings, screen captures) is not."""
+        fps = float(self.info.fps)
+        t0 = self._pts[0]
+        tb = float(self._time_base)
+        return all(abs((p - t0) * tb * fps - k) <= 0.5 for k, p in enumerate(self._pts))
+
+    @property
+    def duration(self) -> Fraction:
+        """Seconds from the first frame's presentation to the end of the last one."""
+        last = self._last_duration * self._time_base if self._last_duration else 1 / self.info.fps
+        return (self._pts[-1] - self._pts[0]) * self._time_base + last
+
+    def output_plan(self, fps: Fraction | None = None, limit: int | None = None) -> tuple[Fraction, list[int]]:
+        """The output frame rate and, per output frame, the source frame to use. With ``fps`` the video
+        is resampled to it; without, a constant-rate video keeps its frames one for one and a
+        variable-rate one is placed by its timestamps on a regular rate (:func:`regular_rate`), so
+        the duration (and the sync with the audio) is kept either way."""
+        if fps is None:
+            if self.constant_rate:
+                return self.info.fps, list(range(min(len(self), limit if limit is not None else len(self))))
+            fps = regular_rate(self.info.fps)
+        return fps, self.resampled_indices(fps, limit=limit)
 
     def resampled_indices(self, fps: Fraction, limit: int | None = None) -> list[int]:
         """Source frame indices for an output at ``fps``: for output frame k (time k/fps from the first
@@ -136,7 +178,7 @@ class VideoReader:
         j = 0
         k = 0
         n = len(self._pts)
-        end = (self._pts[-1] - t0) * self._time_base + 1 / self.info.fps
+        end = self.duration
         while True:
             t = Fraction(k) / fps
             if t >= end or (limit is not None and k >= limit):
@@ -148,8 +190,23 @@ class VideoReader:
         return out
 
 
+STANDARD_RATES = (Fraction(24000, 1001), Fraction(24), Fraction(25), Fraction(30000, 1001), Fraction(30),
+                  Fraction(50), Fraction(60000, 1001), Fraction(60))
+
+
+def regular_rate(nominal: Fraction) -> Fraction:
+    """The output rate for a variable-rate video whose container announces ``nominal`` (often an
+    average such as 11000/667): the standard rate within 1% of it, else it rounded to whole frames
+    per second, at most 60."""
+    for rate in STANDARD_RATES:
+        if abs(nominal - rate) <= rate / 100:
+            return rate
+    return Fraction(min(60, max(1, round(nominal))))
+
+
 class VideoWriter:
-    """H.264 mp4 writer. Frames go to a temporary file beside the target, which is renamed into
+    """Video file writer: the container follows the extension (H.264 + AAC in .mp4/.mov/.mkv, VP9 + Opus
+    in .webm). Frames go to a temporary file beside the target, which is renamed into
     place by :meth:`close`; :meth:`abort` (or an exception inside ``with``) deletes it, so no
     half-written file is ever left at the target path.
 
@@ -159,20 +216,14 @@ class VideoWriter:
 
     def __init__(self, path: str | Path, fps: Fraction | float, crf: int = 18, audio_from: str | Path | None = None,
                  audio_start: float = 0.0):
-        self.path = Path(path)
-        if not self.path.parent.is_dir():
-            raise UserError(f"output folder does not exist: {self.path.parent}")
+        self.path = check_output_file(path, inputs=[audio_from])
+        self.muxer, self.video_codec, self.audio_codec = video_container(self.path)
         self.fps = Fraction(fps).limit_denominator(100000)
         self.crf = crf
         self.audio_from = Path(audio_from) if audio_from else None
         self.audio_start = audio_start
-        fd, tmp = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".part.mp4", dir=self.path.parent)
-        os.close(fd)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)  # mkstemp makes 0600; the final file gets normal permissions
-        self._tmp = Path(tmp)
-        self._container = av.open(str(self._tmp), mode="w", format="mp4")
+        self._tmp = temp_path(self.path)
+        self._container = av.open(str(self._tmp), mode="w", format=self.muxer)
         self._stream = None
         self.frames = 0
 
@@ -180,10 +231,14 @@ class VideoWriter:
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
         if self._stream is None:
             h, w = frame.shape[:2]
-            self._stream = self._container.add_stream("libx264", rate=self.fps)
+            self._stream = self._container.add_stream(self.video_codec, rate=self.fps)
             self._stream.width, self._stream.height = w - w % 2, h - h % 2
             self._stream.pix_fmt = "yuv420p"
-            self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+            if self.video_codec == "libx264":
+                self._stream.options = {"crf": str(self.crf), "preset": "medium"}
+            else:  # VP9: constant quality needs a zero bitrate target; the CRF scale is 0-63
+                self._stream.options = {"crf": str(min(63, self.crf + 13)), "b": "0", "row-mt": "1",
+                                        "deadline": "good", "cpu-used": "4"}
             self._stream.codec_context.time_base = 1 / self.fps
         vf = av.VideoFrame.from_ndarray(frame[: self._stream.height, : self._stream.width], format="rgb24")
         vf.pts = self.frames
@@ -230,14 +285,15 @@ class VideoWriter:
             return
         duration = float(self.frames / self.fps)
         video_in = av.open(str(self._tmp))
-        fd, muxed = tempfile.mkstemp(prefix=f".{self.path.stem}.", suffix=".mux.mp4", dir=self.path.parent)
-        os.close(fd)
+        muxed = temp_path(self.path, suffix=f".mux{self.path.suffix}")
         try:
-            out = av.open(muxed, mode="w", format="mp4")
+            out = av.open(str(muxed), mode="w", format=self.muxer)
             v_in = video_in.streams.video[0]
             v_out = out.add_stream_from_template(v_in)
             a_in = src.streams.audio[0]
-            a_out = out.add_stream("aac", rate=a_in.codec_context.sample_rate or 48000)
+            # Opus (webm) runs at 48 kHz only; AAC keeps the source rate
+            rate = 48000 if self.audio_codec == "libopus" else (a_in.codec_context.sample_rate or 48000)
+            a_out = out.add_stream(self.audio_codec, rate=rate)
             a_out.layout = a_in.codec_context.layout.name if a_in.codec_context.layout else "stereo"
             for packet in video_in.demux(v_in):
                 if packet.dts is None:
@@ -279,4 +335,4 @@ class VideoWriter:
         finally:
             video_in.close()
             src.close()
-            Path(muxed).unlink(missing_ok=True)
+            muxed.unlink(missing_ok=True)

@@ -61,6 +61,8 @@ class PersonaLiveSession(Session):
 class PersonaLive(Method):
     frames_per_step = 4
     needs_weights = True
+    downloads_to_cache = True
+    weights_env = "PERSONALIVE_WEIGHTS"
     description = "PersonaLive (CVPR 2026): 4-step streaming diffusion with hybrid motion control and keyframes"
 
     def __init__(self, weights=None, device="cpu", dtype=None, size=512, seed=42, random_weights: bool = False,
@@ -109,6 +111,12 @@ class PersonaLive(Method):
             return MethodStatus(ready=False, detail=str(exc).split(";")[0],
                                 needs=["personalive weights download DIR", "then --weights DIR or PERSONALIVE_WEIGHTS=DIR"])
         return MethodStatus(ready=True, detail="weights found")
+
+    @classmethod
+    def download_weights(cls, root=None) -> None:
+        from personalive_cli.weights import download
+
+        download(root)
 
     def start(self, reference: np.ndarray) -> Session:
         from personalive_cli.pipeline.engine import StreamEngine

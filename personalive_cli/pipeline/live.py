@@ -10,8 +10,9 @@ from pathlib import Path
 from personalive_cli import registry
 from personalive_cli.errors import UserError
 from personalive_cli.faces.crop import FaceCropper, crop_reference
-from personalive_cli.io.images import read_image
-from personalive_cli.io.stream import LiveBuffer, Sink, ffmpeg_sink, open_source
+from personalive_cli.io.images import read_reference
+from personalive_cli.io.outputs import check_output_file
+from personalive_cli.io.stream import LiveBuffer, Sink, ffmpeg_sink, is_file_target, open_source
 from personalive_cli.pipeline.animate import build_method
 
 
@@ -31,6 +32,7 @@ class LiveOptions:
     input_fps: float = 25.0
     weights: str | None = None
     method_options: dict | None = None
+    reference_frame: int = 0  # when the reference is a video: which of its frames
 
 
 @dataclass
@@ -49,7 +51,9 @@ def _silence_stdout() -> None:
 
 
 def run_stream(reference: str | Path, source_spec: str, opts: LiveOptions) -> StreamStats:
-    ref_image = read_image(reference)
+    if opts.to and is_file_target(opts.to):
+        check_output_file(opts.to, inputs=[reference, source_spec])
+    ref_image = read_reference(reference, opts.reference_frame)
     if opts.fmt not in ("y4m", "rgb24"):
         raise UserError(f"unknown --format {opts.fmt!r}; choose y4m or rgb24")
     if getattr(registry.get(opts.method), "external", False):

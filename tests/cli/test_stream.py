@@ -67,3 +67,24 @@ def test_stream_to_file_via_ffmpeg(tmp_path, demo_ref, demo_drive):
     assert r.returncode == 0, r.stderr
     assert probe(out)["frames"] == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "live.mp4"]
+
+
+def _one_error_line(r, needle):
+    stderr = r.stderr if isinstance(r.stderr, str) else r.stderr.decode()
+    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), stderr
+    assert needle in lines[0] and "Traceback" not in stderr
+
+
+def test_ffmpeg_dying_mid_stream_is_an_error(demo_ref, demo_drive):
+    # nothing listens on port 1: ffmpeg fails to open the output, and the stream must say so (not exit 0)
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(demo_drive), "--method",
+                        "still", "--size", "128", "--to", "rtmp://127.0.0.1:1/live/x"], capture_output=True, text=True)
+    _one_error_line(r, "ffmpeg")
+    assert "Connection refused" in r.stderr
+
+
+def test_raw_stdin_with_zero_size(demo_ref):
+    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                        "--crop", "none", "--input-size", "0x0"], input=b"\0" * 100, capture_output=True)
+    _one_error_line(r, "must be positive")

@@ -1,0 +1,26 @@
+"""Optional extras: which importable modules each ``pip install 'personalive[EXTRA]'`` provides, and one
+check that names the missing extra with its install command before a command starts any work."""
+
+from __future__ import annotations
+
+import importlib.util
+
+from personalive_cli.errors import UserError
+
+# extra -> the modules its packages provide (import names, not distribution names)
+EXTRAS: dict[str, tuple[str, ...]] = {
+    "faces": ("mediapipe",),
+    "bench": ("lpips", "pytorch_fid", "scipy", "matplotlib", "accelerate", "onnxruntime", "psutil"),
+}
+
+
+def missing_modules(extra: str) -> list[str]:
+    return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
+
+
+def require_extra(extra: str, command: str) -> None:
+    """A :class:`UserError` naming ``extra`` and how to install it when any of its modules is absent."""
+    missing = missing_modules(extra)
+    if missing:
+        raise UserError(f"{command} needs the '{extra}' extra (missing: {', '.join(missing)}): "
+                        f"pip install 'personalive[{extra}]'")
