@@ -50,3 +50,30 @@ def probe(path: Path) -> dict:
         v = c.streams.video[0]
         return {"frames": frames, "width": v.codec_context.width, "height": v.codec_context.height,
                 "fps": Fraction(v.guessed_rate or v.average_rate), "audio_seconds": audio_seconds}
+
+
+def write_vfr_video(path: Path, n: int = 66, seconds: float = 4.0, size: int = 96, seed: int = 0,
+                    ffmpeg: str | None = None) -> Path:
+    """A variable-frame-rate video: ``n`` frames at irregular times over ``seconds`` (millisecond
+    timestamps, as phones write them); with ``ffmpeg``, a 440 Hz tone of ``seconds`` is muxed in."""
+    rng = np.random.default_rng(seed)
+    gaps = rng.uniform(0.2, 1.8, n)
+    gaps *= seconds / gaps.sum()
+    pts = np.concatenate([[0], np.round(np.cumsum(gaps[:-1]) * 1000)]).astype(int)
+    video = path.with_name(f"{path.stem}.video{path.suffix}") if ffmpeg else path
+    with av.open(str(video), mode="w") as c:
+        s = c.add_stream("libx264", rate=25)
+        s.width = s.height = size
+        s.pix_fmt = "yuv420p"
+        s.codec_context.time_base = Fraction(1, 1000)
+        for i, t in enumerate(pts):
+            f = av.VideoFrame.from_ndarray(np.full((size, size, 3), (i * 7) % 255, np.uint8), format="rgb24")
+            f.pts, f.time_base = int(t), Fraction(1, 1000)
+            c.mux(s.encode(f))
+        c.mux(s.encode(None))
+    if ffmpeg:
+        subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(video), "-f", "lavfi", "-i",
+                        "sine=frequency=440:sample_rate=44100", "-t", str(seconds), "-c:v", "copy", "-c:a", "aac",
+                        str(path)], check=True)
+        video.unlink()
+    return path

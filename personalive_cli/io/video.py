@@ -296,7 +296,7 @@ class VideoWriter:
             a_out = out.add_stream(self.audio_codec, rate=rate)
             a_out.layout = a_in.codec_context.layout.name if a_in.codec_context.layout else "stereo"
             for packet in video_in.demux(v_in):
-                if packet.dts is None:
+                if packet.dts is None and packet.pts is None:  # the demuxer's empty flush packet
                     continue
                 packet.stream = v_out
                 out.mux(packet)

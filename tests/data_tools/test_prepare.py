@@ -77,3 +77,43 @@ def test_clashing_ids_dst_inside_src_and_atomic_settings(tmp_path):
     r = prepare_folder(src, dst, opts)  # resume: its own outputs under SRC are not new sources
     assert sorted(r.skipped) == ["a", "a_mp4"] and not r.done
     assert not list(dst.glob(".*.part"))
+
+
+def test_cli_prepares_several_clips_of_different_rates_in_one_run(tmp_path, ffmpeg):
+    """Three clips (25, 30 and 24000/1001 fps; different lengths and sizes; one with audio) all reach the
+    manifest in one run, each with the frame count its duration gives at 25 fps."""
+    import math
+    import subprocess
+    from fractions import Fraction
+
+    import av
+
+    src = tmp_path / "raw"
+    src.mkdir()
+    clips = {"a25": (Fraction(25), 30, (48, 64)), "b30": (Fraction(30), 36, (80, 80)),
+             "c2397": (Fraction(24000, 1001), 48, (72, 96))}
+    for name, (rate, n, (h, w)) in clips.items():
+        path = src / f"{name}.mp4"
+        with av.open(str(path), mode="w") as c:
+            s = c.add_stream("libx264", rate=rate)
+            s.width, s.height, s.pix_fmt = w, h, "yuv420p"
+            for i in range(n):
+                c.mux(s.encode(av.VideoFrame.from_ndarray(np.full((h, w, 3), 5 * i, np.uint8), format="rgb24")))
+            c.mux(s.encode(None))
+    with_audio = src / "b30.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-y", "-i", str(with_audio), "-f", "lavfi", "-i",
+                    "sine=frequency=440", "-t", "1.2", "-c:v", "copy", "-c:a", "aac", str(src / "b30a.mp4")],
+                   check=True)
+    with_audio.unlink()
+    (src / "b30a.mp4").rename(with_audio)
+    dst = tmp_path / "dst"
+    r = CliRunner().invoke(app, ["data", "prepare", "folder", str(src), str(dst), "--crop", "none", "--size", "64"])
+    assert r.exit_code == 0, r.output
+    assert "prepared 3 video(s), 0 already done, 0 failed" in r.stderr
+    entries = {e.id: e for e in read_manifest(dst / "manifest.csv")}
+    assert sorted(entries) == sorted(clips)
+    for name, (rate, n, _) in clips.items():
+        expected = math.ceil(Fraction(n) / rate * 25)  # output frames k with k/25 before the clip's end
+        assert entries[name].frames == expected == probe(dst / "videos" / f"{name}.mp4")["frames"], name
+    audio = probe(dst / "videos" / "b30.mp4")["audio_seconds"]
+    assert abs(audio - entries["b30"].frames / 25) < 0.05

@@ -76,3 +76,25 @@ def test_synthetic_video_roundtrip(tmp_path):
     frames = [np.random.default_rng(i).integers(0, 255, (48, 64, 3), dtype=np.uint8) for i in range(7)]
     reader = VideoReader(write_video(tmp_path / "s.mp4", frames))
     assert len(reader) == 7 and (reader.info.width, reader.info.height) == (64, 48)
+
+
+def test_variable_frame_rate_is_placed_by_timestamps(tmp_path):
+    from helpers import write_vfr_video
+
+    reader = VideoReader(write_vfr_video(tmp_path / "vfr.mp4", n=66, seconds=4.0))
+    assert len(reader) == 66 and not reader.constant_rate
+    fps, indices = reader.output_plan()
+    assert fps == 16  # the average 11000/667 rounded to a regular rate
+    assert abs(len(indices) / fps - 4.0) <= 1 / fps  # the duration is kept
+    assert indices == sorted(indices) and indices[0] == 0 and indices[-1] == 65
+    times = [reader.frame_time(i) - reader.first_frame_time for i in indices]
+    # each output frame k shows the source frame presented at or before k / fps
+    assert all(t <= k / fps + 1e-9 for k, t in enumerate(times))
+
+
+def test_constant_rate_keeps_every_frame(tmp_path):
+    frames = [np.full((32, 32, 3), i, np.uint8) for i in range(30)]
+    reader = VideoReader(write_video(tmp_path / "c.mp4", frames, fps=30))
+    assert reader.constant_rate
+    assert reader.output_plan() == (30, list(range(30)))
+    assert reader.output_plan(limit=7) == (30, list(range(7)))
