@@ -137,9 +137,8 @@ def test_no_crop_gives_the_generated_frame_at_size(demo_frames):
 
 
 def test_rejects_diffusion_options_and_missing_landmark_models():
-    from personalive_cli.errors import UserError
-
     from personalive_cli.cli.app import _model_options
+    from personalive_cli.errors import UserError
 
     cls = registry.get("liveportrait")
     assert not cls.model_flags  # not a diffusion model: the CLI refuses --vae/--attention for it
