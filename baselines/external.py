@@ -26,7 +26,7 @@ from pathlib import Path
 import numpy as np
 
 from personalive_cli.errors import UserError
-from personalive_cli.registry import Method, MethodStatus, Session
+from personalive_cli.registry import Method, MethodStatus, Session, as_frames, option
 
 CONFIG_ENV = "PERSONALIVE_CONFIG_DIR"
 CONFIG_FILE = "methods.json"
@@ -192,35 +192,42 @@ class ExternalSession(Session):
     """Collects the whole clip; :meth:`flush` runs the upstream once and yields its frames."""
 
     def __init__(self, method: ExternalMethod, reference: np.ndarray) -> None:
-        super().__init__(frames_per_step=method.frames_per_step)
+        super().__init__(frames_per_step=method.frames_per_step, size=method.size)
         self.method = method
         self.reference = reference
         self.frames: list[np.ndarray] = []
 
-    def push(self, frames: np.ndarray) -> Iterator[np.ndarray]:
-        frames = np.asarray(frames)
-        self.frames.extend(frames[None] if frames.ndim == 3 else frames)
-        return iter(())
+    def push(self, frames) -> list[np.ndarray]:
+        self.frames.extend(as_frames(frames, self.size))
+        return []
 
     def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:
         """A step's worth of frames is collected like any other: the clip runs once, at :meth:`flush`."""
-        return self.push(frames)
+        return iter(self.push(frames))
 
-    def flush(self) -> Iterator[np.ndarray]:
+    def flush(self) -> list[np.ndarray]:
         if not self.frames:
-            return
+            return []
         clip = Clip(self.reference, self.frames, self.method.fps, self.method.audio, self.method.audio_start)
         self.frames = []
-        yield from self.method.run_clip(clip)
+        return list(self.method.run_clip(clip))
+
+
+@dataclass
+class ExternalOptions:
+    timeout: float | None = option(None, "seconds the upstream run may take before it is stopped")
+    keep_workdir: bool = option(False, "keep the upstream run's work folder (inputs, outputs, log) for debugging")
 
 
 class ExternalMethod(Method):
     """Base of the subprocess adapters. Subclasses set the class attributes and :meth:`invocation`."""
 
     frames_per_step = 16      # clip-based; the session runs the whole clip at the end
-    needs_weights = False     # never built with random weights: it is someone else's code
+    Options = ExternalOptions
+    streamable = False
+    clip_based = True
+    configurable = True
     takes_driving_context = True  # `animate` passes the clip's fps and the driving audio
-    external = True
     upstream_url = ""
     entry_point = ""          # a file that must exist in the checkout
     weights_required = False
@@ -241,6 +248,10 @@ class ExternalMethod(Method):
         self.timeout = timeout
         self.keep_workdir = keep_workdir
         self.upstream_options = options
+
+    @classmethod
+    def configure(cls, repo, python, weights=None) -> Path:
+        return configure(cls.name, repo, python, weights)
 
     @classmethod
     def status(cls, weights=None) -> MethodStatus:

@@ -16,13 +16,14 @@ from __future__ import annotations
 
 import re
 import socket
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from baselines.external import Clip, ExternalMethod, Invocation
+from baselines.external import Clip, ExternalMethod, ExternalOptions, Invocation
 from personalive_cli.errors import UserError
-from personalive_cli.registry import register
+from personalive_cli.registry import option
 
 TASK_MODEL = "media_pipe/mp_models/face_landmarker_v2_with_blendshapes.task"
 CONFIG = "configs/infer.yaml"
@@ -128,8 +129,14 @@ def _free_port() -> int:
         return s.getsockname()[1]
 
 
-@register("follow-your-emoji")
+@dataclass
+class FollowYourEmojiOptions(ExternalOptions):
+    task_model: str | None = option(None, "its task checkpoint (default: REPO/" + TASK_MODEL + ")")
+    config_file: str = option(CONFIG, "its inference config, relative to the checkout")
+
+
 class FollowYourEmoji(ExternalMethod):
+    Options = FollowYourEmojiOptions
     description = "Follow-Your-Emoji (SIGGRAPH Asia 2024): SD1.5 ReferenceNet + landmark guider, upstream code in its own env"
     upstream_url = "https://github.com/mayuelala/FollowYourEmoji"
     entry_point = "infer.py"

@@ -15,13 +15,14 @@ result out, and the first result is repeated so that output frame i belongs to d
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
 
-from baselines.external import Clip, ExternalMethod, Invocation, has_audio, write_video
+from baselines.external import Clip, ExternalMethod, ExternalOptions, Invocation, has_audio, write_video
 from personalive_cli.errors import UserError
-from personalive_cli.registry import register
+from personalive_cli.registry import option
 
 CONFIG = "configs/inference/megactor-sigma/inference.yaml"
 AUDIO_RATE = 16000
@@ -41,8 +42,17 @@ def result_panel(frame: np.ndarray) -> np.ndarray:
     return np.ascontiguousarray(frame[GAP:h - GAP, x0:x0 + panel_w])
 
 
-@register("megactor-sigma")
+@dataclass
+class MegActorSigmaOptions(ExternalOptions):
+    num_steps: int = option(25, "denoising steps")
+    guidance_scale: float = option(2.0, "classifier-free guidance scale")
+    use_audio: bool | None = option(None, "drive with the clip's audio (default: when it has audio)")
+    use_visual: bool = option(True, "drive with the visual stream")
+    config_file: str = option(CONFIG, "its inference config, relative to the checkout")
+
+
 class MegActorSigma(ExternalMethod):
+    Options = MegActorSigmaOptions
     description = "MegActor-Σ (2024): mixed-modal (audio + visual) SD1.5 diffusion, upstream code in its own env"
     upstream_url = "https://github.com/megvii-research/megactor"
     entry_point = "eval_audio.py"

@@ -11,18 +11,29 @@ for any other value, so its README's -1 leaves out the last frame). The upstream
 
 from __future__ import annotations
 
+from dataclasses import dataclass
 from pathlib import Path
 
-from baselines.external import Clip, ExternalMethod, Invocation, write_video
+from baselines.external import Clip, ExternalMethod, ExternalOptions, Invocation, write_video
 from personalive_cli.errors import UserError
-from personalive_cli.registry import register
+from personalive_cli.registry import option
 
 MODEL_CONFIG = "config/cldm_v15_appearance_pose_local_mm.yaml"
 ALL_FRAMES = 0  # --out_frames value for "every driving frame"
 
 
-@register("x-portrait")
+@dataclass
+class XPortraitOptions(ExternalOptions):
+    best_frame: int = option(-1, "driving frame aligned to the reference (-1: let it choose)")
+    align: bool = option(True, "align the driving motion to the reference's pose")
+    uc_scale: float = option(5.0, "unconditional guidance scale")
+    num_mix: int = option(4, "prompt-mixing steps")
+    ddim_steps: int = option(30, "DDIM steps")
+    model_config: str = option(MODEL_CONFIG, "its model config, relative to the checkout")
+
+
 class XPortrait(ExternalMethod):
+    Options = XPortraitOptions
     description = "X-Portrait (SIGGRAPH 2024): SD1.5 ControlNets + motion module, upstream code in its own env"
     upstream_url = "https://github.com/bytedance/X-Portrait"
     entry_point = "core/test_xportrait.py"

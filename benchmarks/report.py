@@ -38,7 +38,7 @@ class _Metrics:
 def merge(output: str | os.PathLike, partial: bool = False) -> tuple[pd.DataFrame, dict[str, str]]:
     """Rows for every method of the run in ``output`` (quality from the per-video cache, speed rows),
     then the paper's rows. Returns (table, column notes: why a column has no value)."""
-    from benchmarks.runner import _load_npz, _safe
+    from benchmarks.runner import load_npz, safe_name
 
     out = Path(output)
     if not (out / "run.json").is_file():
@@ -64,7 +64,7 @@ def merge(output: str | os.PathLike, partial: bool = False) -> tuple[pd.DataFram
             else:
                 recs, fake, real, missing = [], {"FVD": [], "FID": []}, {"FVD": [], "FID": []}, []
                 for e in entries:
-                    name_ = e.get("cache_name") or _safe(e["id"])
+                    name_ = e.get("cache_name") or safe_name(e["id"])
                     p = out / "cache" / st["key"] / f"{name_}.json"
                     if not p.is_file():
                         missing.append(e["id"])
@@ -72,8 +72,8 @@ def merge(output: str | os.PathLike, partial: bool = False) -> tuple[pd.DataFram
                     rec = json.loads(p.read_text())
                     recs.append({**rec["scores"], "protocol": rec["protocol"]})
                     if e["protocol"] == id_set:
-                        f = _load_npz(p.with_suffix(".npz"))
-                        r = _load_npz(out / "cache" / run["real_key"] / f"{name_}.npz")
+                        f = load_npz(p.with_suffix(".npz"))
+                        r = load_npz(out / "cache" / run["real_key"] / f"{name_}.npz")
                         for k in ("FVD", "FID"):
                             if k in f and k in r:
                                 fake[k].append(f[k])
@@ -91,7 +91,7 @@ def merge(output: str | os.PathLike, partial: bool = False) -> tuple[pd.DataFram
                         notes.setdefault(c, why)
                 status.append("quality ok" + (f" ({len(missing)} videos missing)" if missing else ""))
                 row["quality"] = f"ok ({len(recs)} video{'s' if len(recs) != 1 else ''})" if not missing else f"partial ({len(recs)}/{len(entries)})"
-        speed_path = out / "speed" / f"{_safe(name)}.json"
+        speed_path = out / "speed" / f"{safe_name(name)}.json"
         if run["config"].get("speed"):
             if speed_path.is_file():
                 sp = json.loads(speed_path.read_text())
@@ -287,9 +287,9 @@ def plot(df: pd.DataFrame, out: Path, path: Path) -> Path | None:
     ax1.set_title("quality vs speed (hollow: paper)")
     drew = False
     for name in measured["method"]:
-        from benchmarks.runner import _safe
+        from benchmarks.runner import safe_name
 
-        p = out / "speed" / f"{_safe(name)}.json"
+        p = out / "speed" / f"{safe_name(name)}.json"
         if p.is_file():
             times = json.loads(p.read_text()).get("step times") or []
             if times:

@@ -109,7 +109,7 @@ def detect_shard() -> tuple[int, int]:
     return 0, 1
 
 
-def _safe(name: str) -> str:
+def safe_name(name: str) -> str:
     return re.sub(r"[^A-Za-z0-9._-]+", "_", name)
 
 
@@ -119,7 +119,7 @@ def _digest(obj) -> str:
 
 def method_key(cfg: BenchConfig, name: str) -> str:
     weights = str(Path(cfg.weights).resolve()) if cfg.weights else None
-    return f"{_safe(name)}-{cfg.size}-" + _digest(
+    return f"{safe_name(name)}-{cfg.size}-" + _digest(
         {"m": name, "size": cfg.size, "seed": cfg.seed, "dtype": cfg.dtype, "weights": weights,
          "frames": cfg.frames, "opts": cfg.method_options, "tlp_cross": cfg.tlp_cross})
 
@@ -138,7 +138,7 @@ def _file_id(path: Path | None) -> dict | None:
 def entry_cache_name(root: Path, entry) -> str:
     """The cache file stem of one entry: its id + a digest of the resolved driving and reference files
     (path, size, mtime), so the same ids from another dataset or an edited file are not reused."""
-    return f"{_safe(entry.id)}-" + _digest({"protocol": entry.protocol,
+    return f"{safe_name(entry.id)}-" + _digest({"protocol": entry.protocol,
                                             "driving": _file_id(entry.driving_path(root)),
                                             "reference": _file_id(entry.reference_path(root))})
 
@@ -194,7 +194,7 @@ def _save_npz(path: Path, arrays: dict[str, np.ndarray]) -> None:
     os.replace(tmp, path)
 
 
-def _load_npz(path: Path) -> dict[str, np.ndarray]:
+def load_npz(path: Path) -> dict[str, np.ndarray]:
     if not path.is_file():
         return {}
     with np.load(path) as z:
@@ -331,7 +331,7 @@ def _quality(cfg, out, root, entries, methods, method_status, metrics, id_set, p
     for entry in entries:
         real_path = real_dir / f"{entry_cache_name(root, entry)}.npz"
         need = real_needed if entry.protocol == id_set else set()
-        real = {} if cfg.fresh else _load_npz(real_path)
+        real = {} if cfg.fresh else load_npz(real_path)
         if set(map(str, real.get("metrics", []))) != need or not real_path.is_file():
             feats = set_features(metrics, load_sample(root, entry, cfg.size, cfg.frames).driving) if need else {}
             feats["metrics"] = np.asarray(sorted(need), dtype=str)
@@ -412,7 +412,7 @@ def _speed(cfg, out, root, entries, methods, progress, index, count):
             progress.log(f"speed {name}: {row['status']}; going on with the other methods")
         _free_memory()
         row["speed input"] = "dataset clip" if driving is not None else "synthetic"
-        _write_json(out / "speed" / f"{_safe(name)}.json", row)
+        _write_json(out / "speed" / f"{safe_name(name)}.json", row)
         done.append(name)
     return done
 

@@ -26,7 +26,7 @@ One session per method, driven frame by frame through ``Session.push`` (see benc
    counted); achieved TFLOP/s = FLOPs per frame × FPS; the device's peak is a large matrix product in
    the same dtype measured in the same run (``device TFLOP/s``).
 
-Clip-based methods (``external = True``: the subprocess baselines, whose ``push`` only buffers and
+Clip-based methods (``clip_based = True``: the subprocess baselines, whose ``push`` only buffers and
 whose ``flush`` runs the whole clip) are timed over one clip of ``steps × frames_per_step`` frames:
 push all + flush, no warm-up (each clip is a full upstream run). FPS = output frames / that wall time,
 ``latency (s)`` = the clip's time, frame latency = emission − push time of each frame. A streaming
@@ -174,7 +174,7 @@ def build_for_speed(name: str, opts: SpeedOptions):
 
     cls = registry.get(name)
     options = dict(opts.method_options)
-    random = opts.random_weights and getattr(cls, "needs_weights", False)
+    random = opts.random_weights and cls.can_use_random_weights
     if not random:
         status = cls.status(opts.weights)
         if not status.ready:
@@ -218,10 +218,10 @@ def measure_method(name: str, opts: SpeedOptions, reference: np.ndarray, driving
         if method is None:
             return absent_row(name, why)
         fps_step = int(method.frames_per_step)
-        row.update({"status": "random weights" if opts.random_weights and getattr(type(method), "needs_weights", False)
+        row.update({"status": "random weights" if opts.random_weights and type(method).can_use_random_weights
                     else "ok", "frames/step": fps_step})
         ref = reference if reference.shape[:2] == (opts.size, opts.size) else _resize(reference, opts.size)
-        clip_based = bool(getattr(type(method), "external", False))
+        clip_based = type(method).clip_based
         cap = MAX_EXTRA_STEPS
         n_frames = (opts.steps if clip_based else opts.warmup + opts.steps + 2 * cap + 1) * fps_step
         frames = _Cycle(_frames(ref, driving, min(n_frames, _period(driving)), opts.size))

@@ -9,14 +9,17 @@ frames::
         for out in session.push(chunk): ...    # outputs as soon as the method has them
     for out in session.flush(): ...            # drain what is still in flight
 
-Built-in methods register with :func:`register`; third-party packages add one through the
-``personalive.methods`` entry-point group (the entry point names a Method subclass).
+Every method, built-in or third-party, registers through the ``personalive.methods`` entry-point
+group (the entry point names a Method subclass; this package declares its own in pyproject.toml).
+:func:`register` adds one programmatically.
 """
 
 from __future__ import annotations
 
 import abc
-from collections.abc import Iterator
+import dataclasses
+import logging
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass, field
 from importlib.metadata import entry_points
 from pathlib import Path
@@ -26,6 +29,7 @@ import numpy as np
 from personalive_cli.errors import UserError
 
 ENTRY_POINT_GROUP = "personalive.methods"
+log = logging.getLogger(__name__)
 
 
 @dataclass
@@ -37,34 +41,65 @@ class MethodStatus:
     needs: list[str] = field(default_factory=list)
 
 
-class Session(abc.ABC):
-    """One reference portrait being animated. Buffers input until it has a step's worth."""
+def as_frames(frames, size: int | None = None) -> np.ndarray:
+    """Driving frames as uint8 RGB ``(n, h, w, 3)``, converted at the edge where that is lossless in
+    meaning (greyscale → RGB, RGBA → RGB by dropping alpha), refused with one clear error otherwise
+    (another dtype, another channel count, another size than the session was started for)."""
+    frames = np.asarray(frames)
+    if frames.dtype != np.uint8:
+        raise UserError(f"driving frames must be uint8 RGB, got dtype {frames.dtype}")
+    if frames.ndim == 2:                          # one greyscale frame (h, w)
+        frames = frames[None, ..., None]
+    elif frames.ndim == 3 and frames.shape[-1] not in (1, 3, 4):  # greyscale frames (n, h, w)
+        frames = frames[..., None]
+    elif frames.ndim == 3:                        # one frame (h, w, c)
+        frames = frames[None]
+    if frames.ndim != 4 or frames.shape[-1] not in (1, 3, 4):
+        raise UserError(f"driving frames must be (n, h, w, 3) or (h, w, 3) uint8 RGB, got shape {frames.shape}")
+    if frames.shape[-1] == 1:
+        frames = np.repeat(frames, 3, axis=-1)
+    elif frames.shape[-1] == 4:
+        frames = frames[..., :3]
+    if size is not None and frames.shape[1:3] != (size, size):
+        raise UserError(f"driving frames must be {size}×{size} (the size this session was started for), "
+                        f"got {frames.shape[2]}×{frames.shape[1]}")
+    return np.ascontiguousarray(frames)
 
-    def __init__(self, frames_per_step: int):
+
+class Session(abc.ABC):
+    """One reference portrait being animated. Buffers input until it has a step's worth.
+
+    :meth:`push` and :meth:`flush` are eager: they do the work when called and return the output
+    frames as a list, so a caller that ignores the result loses nothing it has not seen."""
+
+    def __init__(self, frames_per_step: int, size: int | None = None):
         self.frames_per_step = frames_per_step
+        self.size = size
         self._pending: list[np.ndarray] = []
 
-    def push(self, frames: np.ndarray) -> Iterator[np.ndarray]:
-        """Feed driving frames, uint8 ``(n, h, w, 3)`` or ``(h, w, 3)``; yield output frames ``(H, W, 3)``."""
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
+    def push(self, frames) -> list[np.ndarray]:
+        """Feed driving frames, uint8 ``(n, h, w, 3)`` or ``(h, w, 3)`` (greyscale and RGBA are
+        converted); return the output frames ``(H, W, 3)`` ready now."""
+        frames = as_frames(frames, self.size)
         self._pending.extend(frames)
+        out: list[np.ndarray] = []
         while len(self._pending) >= self.frames_per_step:
             step = np.stack(self._pending[: self.frames_per_step])
             del self._pending[: self.frames_per_step]
-            yield from self.step(step)
+            out.extend(self.step(step))
+        return out
 
-    def flush(self) -> Iterator[np.ndarray]:
+    def flush(self) -> list[np.ndarray]:
         """Drain frames still in flight. The default pads a partial step by repeating its last frame
         and drops the outputs that belong to the padding."""
+        out: list[np.ndarray] = []
         if self._pending:
             n = len(self._pending)
             step = np.stack(self._pending + [self._pending[-1]] * (self.frames_per_step - n))
             self._pending = []
-            outs = list(self.step(step))
-            yield from outs[:n]
-        yield from self.finish()
+            out.extend(list(self.step(step))[:n])
+        out.extend(self.finish())
+        return out
 
     @abc.abstractmethod
     def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:
@@ -75,16 +110,44 @@ class Session(abc.ABC):
         return iter(())
 
 
+@dataclass
+class NoOptions:
+    """A method without ``--option`` settings."""
+
+
+def option(default, help: str):  # noqa: A002 - the word the CLI shows
+    """A field of a method's options dataclass, with the help text ``personalive methods info`` shows."""
+    return field(default=default, metadata={"help": help})
+
+
 class Method(abc.ABC):
-    """A portrait-animation method behind the common interface."""
+    """A portrait-animation method behind the common interface.
+
+    What a method is, declared as class attributes that commands read (no command names a method):
+
+    - ``Options``: a dataclass of what ``--option KEY=VALUE`` accepts (fields made with :func:`option`);
+      the constructor receives them as keyword arguments.
+    - ``streamable`` (emits frames as driving frames arrive: ``stream`` works) and ``clip_based`` (needs
+      the whole clip before producing anything).
+    - ``model_flags``: which of the model flags ``--vae`` / ``--attention`` it takes.
+    - weights hooks: :meth:`status`, :meth:`check_weights`, :meth:`download_weights`, :meth:`make_tiny_weights`
+      (``has_weights`` says whether it has any; ``downloads_to_cache`` whether ``download_weights(None)``
+      fills a cache :meth:`status` searches).
+    """
 
     name: str = ""
-    frames_per_step: int = 1
     description: str = ""
-    needs_weights: bool = False          # has --weights/--vae/--attention knobs (diffusion/GAN models)
-    takes_driving_context: bool = False  # gets fps=, audio=, audio_start= options from `animate`
-    downloads_to_cache: bool = False     # download_weights(None) fills a cache that status() searches
-    weights_env: str | None = None       # environment variable naming its weights folder, if any
+    frames_per_step: int = 1
+    Options: type = NoOptions
+    streamable: bool = True
+    clip_based: bool = False
+    model_flags: frozenset[str] = frozenset()
+    can_use_random_weights: bool = False  # the bench may build it with random weights (same architecture)
+    takes_driving_context: bool = False   # gets fps=, audio=, audio_start= options from `animate`
+    has_weights: bool = False
+    downloads_to_cache: bool = False
+    weights_env: str | None = None        # environment variable naming its weights folder, if any
+    configurable: bool = False            # runs upstream code found through `methods configure`
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", dtype=None, size: int = 512,
                  seed: int | None = None, **options):
@@ -101,10 +164,50 @@ class Method(abc.ABC):
         return MethodStatus(ready=True, detail="ready")
 
     @classmethod
+    def check_weights(cls, root: str | Path) -> list[dict]:
+        """Per file: ``{"file", "status" (ok/optional/missing/bad/mismatch), "detail"}``."""
+        raise UserError(f"method {cls.name!r} has no weights of its own to check")
+
+    @classmethod
     def download_weights(cls, root: str | Path | None = None) -> None:
-        """Fetch this method's weights: into ``root``, or (``None``) into the cache its
-        :meth:`status` searches. Methods with downloadable weights override this."""
+        """Fetch this method's weights: into ``root``, or (``None``) into the cache :meth:`status` searches."""
         raise UserError(f"method {cls.name!r} has no weights to download")
+
+    @classmethod
+    def make_tiny_weights(cls, root: str | Path, seed: int = 0) -> None:
+        """Write a tiny random-weight model of the same architecture in the release layout."""
+        raise UserError(f"method {cls.name!r} has no tiny model")
+
+    @classmethod
+    def configure(cls, repo: str | Path, python: str | Path, weights: str | Path | None = None) -> Path:
+        """Record where this method's upstream checkout, interpreter and weights are; returns the config file."""
+        raise UserError(f"method {cls.name!r} runs no upstream code; nothing to configure")
+
+    @classmethod
+    def options_help(cls) -> list[tuple[str, str, object, str]]:
+        """(name, type, default, help) of every ``--option``."""
+        rows = []
+        for f in dataclasses.fields(cls.Options):
+            kind = f.type if isinstance(f.type, str) else getattr(f.type, "__name__", str(f.type))
+            rows.append((f.name, kind, f.default, f.metadata.get("help", "")))
+        return rows
+
+    @classmethod
+    def parse_options(cls, items: Iterable[str]) -> dict:
+        """``KEY=VALUE`` strings → keyword arguments, checked against :attr:`Options` (names and types)."""
+        known = {f.name: f for f in dataclasses.fields(cls.Options)}
+        out = {}
+        for item in items:
+            key, sep, raw = item.partition("=")
+            key = key.strip().replace("-", "_")
+            if not sep or not key:
+                raise UserError(f"--option wants KEY=VALUE, got {item!r}")
+            if key not in known:
+                listed = ", ".join(sorted(known)) or "none"
+                raise UserError(f"method {cls.name!r} has no option {key!r} (its options: {listed}; "
+                                f"`personalive methods info {cls.name}` explains them)")
+            out[key] = _convert(key, raw, known[key])
+        return out
 
     @classmethod
     def check_size(cls, size: int) -> None:
@@ -119,6 +222,30 @@ class Method(abc.ABC):
     @abc.abstractmethod
     def start(self, reference: np.ndarray) -> Session:
         """Begin a session for one reference portrait, uint8 ``(h, w, 3)``."""
+
+
+def _convert(key: str, raw: str, spec: dataclasses.Field):
+    """A ``--option`` value as its field's type (from the default, else the annotation): bool words,
+    integers, floats; strings stay strings; ``none`` clears an optional field."""
+    lowered = raw.strip().lower()
+    annotation = spec.type if isinstance(spec.type, str) else getattr(spec.type, "__name__", str(spec.type))
+    kind = type(spec.default) if spec.default is not None else next(
+        (k for k in (bool, int, float, str) if k.__name__ in annotation), str)
+    if spec.default is None and lowered == "none":
+        return None
+    if kind is bool:
+        if lowered in ("true", "yes", "on", "1"):
+            return True
+        if lowered in ("false", "no", "off", "0"):
+            return False
+        raise UserError(f"option {key!r} wants true or false, got {raw!r}")
+    if kind in (int, float):
+        try:
+            return kind(raw)
+        except ValueError:
+            raise UserError(f"option {key!r} wants {'an integer' if kind is int else 'a number'}, "
+                            f"got {raw!r}") from None
+    return raw
 
 
 _REGISTRY: dict[str, type[Method]] = {}
@@ -138,12 +265,13 @@ def register(name: str):
     return wrap
 
 
-def _load_builtins() -> None:
-    # Importing these modules runs their @register decorators.
-    import personalive_cli.methods  # noqa: F401
+_FAILED: dict[str, str] = {}
 
 
 def _load_entry_points() -> None:
+    """Register every method of the ``personalive.methods`` group: the built-ins (declared in this
+    package's own metadata) and third-party ones alike. A plugin that fails to import is recorded
+    with its reason, and every other method keeps working."""
     global _loaded_entry_points
     if _loaded_entry_points:
         return
@@ -151,21 +279,34 @@ def _load_entry_points() -> None:
     for ep in entry_points(group=ENTRY_POINT_GROUP):
         if ep.name in _REGISTRY:
             continue
-        cls = ep.load()
+        try:
+            cls = ep.load()
+        except Exception as exc:  # noqa: BLE001 - someone else's package: report it, keep going
+            _FAILED[ep.name] = f"{type(exc).__name__}: {exc}".strip()
+            log.debug("method plugin %s failed to load", ep.name, exc_info=True)
+            continue
         if not (isinstance(cls, type) and issubclass(cls, Method)):
-            raise TypeError(f"entry point {ep.name!r} ({ep.value}) is not a personalive Method subclass")
+            _FAILED[ep.name] = f"{ep.value} is not a personalive Method subclass"
+            continue
         register(ep.name)(cls)
 
 
 def available() -> dict[str, type[Method]]:
     """Every registered method, built-in and from entry points, by name."""
-    _load_builtins()
     _load_entry_points()
     return dict(sorted(_REGISTRY.items()))
+
+
+def failed() -> dict[str, str]:
+    """Plugins whose entry point could not be loaded, with the reason."""
+    _load_entry_points()
+    return dict(sorted(_FAILED.items()))
 
 
 def get(name: str) -> type[Method]:
     methods = available()
     if name not in methods:
+        if name in _FAILED:
+            raise UserError(f"method {name!r} failed to load: {_FAILED[name]}")
         raise UserError(f"unknown method {name!r}; known methods: {', '.join(methods)}")
     return methods[name]

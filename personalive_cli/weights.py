@@ -173,19 +173,23 @@ def _short(keys: list[str], n: int = 3) -> str:
 
 def compare_keys(expected: Mapping[str, torch.Size], sources: Iterable[tuple[Path, Mapping[str, torch.Tensor]]],
                  optional: Iterable[str] = (), ignorable: Iterable[str] = ()) -> tuple[dict, list[str]]:
-    """Merge ``sources`` (later files win) and list every problem against ``expected`` shapes.
+    """Merge ``sources`` and list every problem against ``expected`` shapes.
 
     ``optional``: expected keys a file may omit (deterministic buffers). ``ignorable``: extra keys a
-    file may carry. Returns (merged state, problems), each problem naming its file and key.
+    file may carry. A key present in two files is a problem (which copy is meant is not ours to
+    guess). Returns (merged state, problems), each problem naming its file and key.
     """
+    optional, ignorable = set(optional), set(ignorable)
     merged: dict[str, torch.Tensor] = {}
     origin: dict[str, Path] = {}
+    problems = []
     for path, state in sources:
         for key, value in state.items():
+            if key in origin and key not in ignorable:
+                problems.append(f"{origin[key]} and {path} both hold key {key}")
+                continue
             merged[key] = value
             origin[key] = path
-    optional, ignorable = set(optional), set(ignorable)
-    problems = []
     for key, value in merged.items():
         if key in expected and tuple(value.shape) != tuple(expected[key]):
             problems.append(f"{origin[key]}: key {key} has shape {tuple(value.shape)}, expected {tuple(expected[key])}")
@@ -202,7 +206,7 @@ def compare_keys(expected: Mapping[str, torch.Size], sources: Iterable[tuple[Pat
 
 def load_exact(module: torch.nn.Module, files: list[Path], optional: Iterable[str] = (),
                ignorable: Iterable[str] = ()) -> None:
-    """Load ``files`` (later ones win) into ``module``; every key and every parameter must match."""
+    """Load ``files`` into ``module``; every key and every parameter must match, once."""
     expected = {k: v.shape for k, v in module.state_dict().items()}
     merged, problems = compare_keys(expected, [(p, read_state_dict(p)) for p in files], optional, ignorable)
     if problems:

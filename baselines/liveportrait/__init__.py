@@ -1,5 +1,5 @@
 """LivePortrait (human model), natively: the five networks, exact loading of the released weights, the
-cropper and the ``liveportrait`` method (importing this package registers it)."""
+cropper and the ``liveportrait`` method (registered through the package's entry points)."""
 
 from baselines.liveportrait.method import LivePortrait, LivePortraitSession
 from baselines.liveportrait.models import (

@@ -11,21 +11,28 @@ release does), else the crop resized to ``size``.
 from __future__ import annotations
 
 import contextlib
+import logging
 from collections.abc import Iterator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
 from baselines.liveportrait import cropper as crops
 from baselines.liveportrait.models import (
+    ENV_VAR,
     LivePortraitConfig,
     LivePortraitLayout,
     LivePortraitModels,
+    check_layout,
+    download,
     resolve_weights,
 )
 from baselines.liveportrait.motion import REGIONS, Motion, compose
 from personalive_cli.errors import UserError
-from personalive_cli.registry import Method, MethodStatus, Session, register
+from personalive_cli.registry import Method, MethodStatus, Session, option
+
+log = logging.getLogger(__name__)
 
 INPUT_SIZE = 256
 LIP_NORMALIZE_THRESHOLD = 0.03
@@ -43,7 +50,7 @@ def _to_input(rgb: np.ndarray, interpolation: str, device, dtype) -> torch.Tenso
 
 class LivePortraitSession(Session):
     def __init__(self, method: LivePortrait, reference: np.ndarray) -> None:
-        super().__init__(frames_per_step=1)
+        super().__init__(frames_per_step=1, size=method.size)
         self.method = m = method
         self.models = m.models
         self.reference = np.ascontiguousarray(reference)
@@ -133,10 +140,28 @@ def _resize(image: np.ndarray, size: int) -> np.ndarray:
     return cv2.resize(image, (size, size), interpolation=flag)
 
 
-@register("liveportrait")
+@dataclass
+class LivePortraitOptions:
+    """The release's inference switches (its ``InferenceConfig``), with its defaults."""
+
+    crop: str = option("auto", "auto: crop the reference around its face; none: use it whole")
+    pasteback: bool = option(True, "paste the animated face crop back into the whole reference")
+    stitching: bool = option(True, "stitching network: keeps the shoulders still under head motion")
+    relative_motion: bool = option(True, "drive with motion relative to the first driving frame")
+    normalize_lip: bool = option(False, "close the reference's lips first (needs the landmark models)")
+    eye_retargeting: bool = option(False, "eye-openness retargeting (needs the landmark models)")
+    lip_retargeting: bool = option(False, "lip-openness retargeting (needs the landmark models)")
+    driving_multiplier: float = option(1.0, "scale of the driving expression")
+    animation_region: str = option("all", f"which motion to transfer: {', '.join(REGIONS)}")
+
+
 class LivePortrait(Method):
     frames_per_step = 1
-    needs_weights = True
+    Options = LivePortraitOptions
+    can_use_random_weights = True
+    has_weights = True
+    downloads_to_cache = True
+    weights_env = ENV_VAR
     description = ("LivePortrait (human): implicit-keypoint warping GAN, native port of the official weights; "
                    "one frame in, one out")
 
@@ -144,10 +169,8 @@ class LivePortrait(Method):
                  config: LivePortraitConfig | str | None = None, crop: str = "auto", pasteback: bool = True,
                  stitching: bool = True, relative_motion: bool = True, normalize_lip: bool = False,
                  eye_retargeting: bool = False, lip_retargeting: bool = False, driving_multiplier: float = 1.0,
-                 animation_region: str = "all", vae: str = "full", attention: str = "sdpa", **options):
+                 animation_region: str = "all", **options):
         super().__init__(weights=weights, device=device, dtype=dtype, size=size, seed=seed, **options)
-        if vae != "full" or attention != "sdpa":
-            raise UserError("method 'liveportrait' has no --vae/--attention options (it is not a diffusion model)")
         if crop not in ("auto", "none"):
             raise UserError(f"unknown liveportrait crop mode {crop!r}; choose auto or none")
         if animation_region not in REGIONS:
@@ -185,11 +208,23 @@ class LivePortrait(Method):
             layout = resolve_weights(weights)
         except UserError as exc:
             return MethodStatus(ready=False, detail=str(exc).split(";")[0],
-                                needs=["personalive weights download liveportrait DIR",
+                                needs=["personalive weights download --method liveportrait [DIR]",
                                        "then --weights DIR or LIVEPORTRAIT_WEIGHTS=DIR"])
         crop = ("LivePortrait's cropper" if layout.has_crop_models()
                 else "offline face detector (insightface/landmark ONNX absent)")
         return MethodStatus(ready=True, detail=f"weights found; cropping: {crop}")
+
+    @classmethod
+    def check_weights(cls, root) -> list[dict]:
+        return check_layout(root)
+
+    @classmethod
+    def download_weights(cls, root=None) -> None:
+        download(root)
+
+    @classmethod
+    def make_tiny_weights(cls, root, seed: int = 0) -> None:
+        LivePortraitModels.random(LivePortraitConfig.tiny(), seed=seed).save_pretrained(root)
 
     def _landmark_cropper(self) -> crops.LivePortraitCropper:
         if self._cropper is None:
@@ -198,8 +233,6 @@ class LivePortrait(Method):
         return self._cropper
 
     def _crop_source(self, reference: np.ndarray) -> crops.SourceCrop:
-        from personalive_cli.cli.console import err
-
         if self.crop_backend == "none":
             return crops.whole_image(reference)
         if self.crop_backend == "liveportrait":
@@ -207,15 +240,15 @@ class LivePortrait(Method):
         else:
             if not self._announced:
                 where = f" under {self.layout.root}" if self.layout is not None else ""
-                err.print("liveportrait: LivePortrait's face cropper models (insightface det_10g.onnx, 2d106det.onnx, "
-                          f"landmark.onnx) were not found{where}; cropping the reference with the project's offline "
-                          "face detector (mediapipe) instead: an axis-aligned approximation of the official crop",
-                          highlight=False, soft_wrap=True)
+                log.warning("liveportrait: LivePortrait's face cropper models (insightface det_10g.onnx, "
+                            "2d106det.onnx, landmark.onnx) were not found%s; cropping the reference with the "
+                            "project's offline face detector (mediapipe) instead: an axis-aligned approximation "
+                            "of the official crop", where)
                 self._announced = True
             found = crops.crop_source_offline(reference)
         if found is None:
-            err.print("liveportrait: no face found in the reference; animating the whole image (no crop, no "
-                      "paste-back)", highlight=False, soft_wrap=True)
+            log.warning("liveportrait: no face found in the reference; animating the whole image (no crop, "
+                        "no paste-back)")
             return crops.whole_image(reference)
         return found
 

@@ -58,8 +58,8 @@ BASE_FILES = {
 STITCHING_FILE = "retargeting_models/stitching_retargeting_module.pth"
 CONFIG_FILE = "config.json"
 ENV_VAR = "LIVEPORTRAIT_WEIGHTS"
-DOWNLOAD_HINT = ("run `personalive weights download liveportrait DIR` and pass --weights DIR "
-                 f"(or set {ENV_VAR})")
+DOWNLOAD_HINT = ("run `personalive weights download --method liveportrait` (hub cache, found automatically), "
+                 f"or with DIR and pass --weights DIR (or set {ENV_VAR})")
 # Published parameter counts (assets/docs/speed.md), millions.
 PUBLISHED_PARAMS_M = {"appearance_feature_extractor": 0.84, "motion_extractor": 28.12, "warping_module": 45.53,
                       "spade_generator": 55.37, "stitching_retargeting_module": 0.23}
@@ -212,7 +212,7 @@ def read_stitching_file(path: Path) -> dict[str, dict[str, torch.Tensor]]:
     except Exception as exc:  # noqa: BLE001 - any failure to parse means a damaged or foreign file
         reason = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
         raise UserError(f"cannot read checkpoint {path} ({reason}); the file may be truncated: "
-                        "download it again with `personalive weights download liveportrait`") from None
+                        "download it again with `personalive weights download --method liveportrait`") from None
     if not isinstance(state, Mapping):
         raise UserError(f"{path} is not a dict of the three retargeting state dicts")
     out = {}
@@ -361,14 +361,17 @@ def check_layout(root: str | Path) -> list[dict]:
     return rows
 
 
-def download(root: str | Path) -> LivePortraitLayout:
-    """Fetch the release (PyTorch checkpoints and the cropping ONNX models) into ``root``, official layout."""
+def download(root: str | Path | None = None) -> LivePortraitLayout:
+    """Fetch the release (PyTorch checkpoints and the cropping ONNX models) into ``root`` (official
+    layout), or with ``None`` into the hub cache, where :func:`resolve_weights` finds it."""
     from huggingface_hub import snapshot_download
 
-    root = Path(root).expanduser()
-    root.mkdir(parents=True, exist_ok=True)
+    if root is not None:
+        root = Path(root).expanduser()
+        root.mkdir(parents=True, exist_ok=True)
     try:
-        snapshot_download(HUB_REPO, local_dir=root, allow_patterns=HUB_PATTERNS)
+        fetched = snapshot_download(HUB_REPO, local_dir=root, allow_patterns=HUB_PATTERNS)
+        root = Path(fetched) if root is None else root
     except Exception as exc:  # noqa: BLE001 - network/hub errors become one line
         raise UserError(f"download of {HUB_REPO} failed: {str(exc).splitlines()[0] if str(exc) else exc}") from None
     layout = LivePortraitLayout.from_root(root)

@@ -9,6 +9,7 @@ from pathlib import Path
 from typing import Annotated
 
 import typer
+from rich.markup import escape
 from rich.table import Table
 
 from personalive_cli import __version__, registry
@@ -25,45 +26,21 @@ Attention = Annotated[str, typer.Option(help="sdpa (PyTorch, default) or xformer
 
 
 def _model_options(method: str, vae: str, attention: str, extra: list[str] | None = None) -> dict:
-    """Options for the method's constructor: --vae/--attention for the models that have them, plus
-    every ``--option KEY=VALUE`` (checked against the method's own keyword arguments)."""
-    import inspect
-
+    """Keyword options for the method's constructor: the model flags it declares (``--vae``,
+    ``--attention``; any other value than the default is refused for a method without them) and every
+    ``--option KEY=VALUE``, checked against the method's options dataclass."""
     from personalive_cli.errors import UserError
 
     cls = registry.get(method)
+    flags = {"vae": (vae, "full"), "attention": (attention, "sdpa")}
     options = {}
-    if getattr(cls, "needs_weights", False):
-        options = {"vae": vae, "attention": attention}
-    elif vae != "full" or attention != "sdpa":
-        raise UserError(f"method {method!r} has no --vae/--attention options")
-    accepted = {name for name, p in inspect.signature(cls.__init__).parameters.items()
-                if p.kind is p.KEYWORD_ONLY or (p.kind is p.POSITIONAL_OR_KEYWORD and name != "self")}
-    for item in extra or []:
-        key, sep, raw = item.partition("=")
-        key = key.strip().replace("-", "_")
-        if not sep or not key:
-            raise UserError(f"--option wants KEY=VALUE, got {item!r}")
-        if key not in accepted or key in {"weights", "device", "dtype", "size", "seed"}:
-            known = ", ".join(sorted(accepted - {"weights", "device", "dtype", "size", "seed"})) or "none"
-            raise UserError(f"method {method!r} has no option {key!r} (its options: {known})")
-        options[key] = _parse_value(raw)
+    for flag, (value, default) in flags.items():
+        if flag in cls.model_flags:
+            options[flag] = value
+        elif value != default:
+            raise UserError(f"method {method!r} has no --vae/--attention options")
+    options.update(cls.parse_options(extra or []))
     return options
-
-
-def _parse_value(raw: str):
-    """true/false, integers and floats become Python values; anything else stays a string."""
-    lowered = raw.strip().lower()
-    if lowered in ("true", "yes", "on"):
-        return True
-    if lowered in ("false", "no", "off"):
-        return False
-    for kind in (int, float):
-        try:
-            return kind(raw)
-        except ValueError:
-            pass
-    return raw
 
 
 Option = Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable), "
@@ -96,7 +73,12 @@ def methods_cmd(
     for name, cls in registry.available().items():
         status = cls.status(weights)
         rows.append({"name": name, "ready": status.ready, "status": status.detail, "needs": status.needs,
-                     "frames_per_step": cls.frames_per_step, "description": cls.description})
+                     "frames_per_step": cls.frames_per_step, "streamable": cls.streamable,
+                     "description": cls.description,
+                     "options": [{"name": n, "type": t, "default": d, "help": h} for n, t, d, h in cls.options_help()]})
+    for name, reason in registry.failed().items():
+        rows.append({"name": name, "ready": False, "status": f"failed to load: {reason}", "needs": [],
+                     "frames_per_step": None, "streamable": None, "description": "", "options": []})
     if as_json:
         print(json.dumps(rows, indent=2))
         return
@@ -104,23 +86,46 @@ def methods_cmd(
     for col in ("method", "ready", "frames/step", "status", "needs", "what it is"):
         table.add_column(col)
     for r in rows:
-        table.add_row(r["name"], "[green]yes" if r["ready"] else "[red]no", str(r["frames_per_step"]), r["status"],
-                      "\n".join(r["needs"]) or "-", r["description"])
+        table.add_row(r["name"], "[green]yes" if r["ready"] else "[red]no", str(r["frames_per_step"] or "-"),
+                      escape(r["status"]), escape("\n".join(r["needs"]) or "-"), r["description"])
+    err.print(table)
+    err.print("`personalive methods info NAME` lists a method's --option settings")
+
+
+@methods_app.command("info")
+@handle_errors
+def methods_info_cmd(name: Annotated[str, typer.Argument(help="method name")]) -> None:
+    """What one method is: capabilities, model flags and every --option with its default and help."""
+    cls = registry.get(name)
+    kinds = [k for k, on in (("streams", cls.streamable), ("clip-based", cls.clip_based),
+                             ("has weights", cls.has_weights)) if on]
+    err.print(f"[bold]{name}[/]: {escape(cls.description)}", highlight=False, soft_wrap=True)
+    err.print(f"{cls.frames_per_step} frame(s) per step; {', '.join(kinds) or 'no weights'}; model flags: "
+              f"{', '.join('--' + f for f in sorted(cls.model_flags)) or 'none'}", highlight=False, soft_wrap=True)
+    table = Table(title=f"--option KEY=VALUE for {name}")
+    for col in ("option", "type", "default", "what it does"):
+        table.add_column(col, overflow="fold")
+    for opt, kind, default, text in cls.options_help():
+        table.add_row(opt, str(kind), repr(default), escape(text))
     err.print(table)
 
 
 @methods_app.command("configure")
 @handle_errors
 def methods_configure_cmd(
-    name: Annotated[str, typer.Argument(help="x-portrait, follow-your-emoji or megactor-sigma")],
+    name: Annotated[str, typer.Argument(help="a method that runs upstream code (see `personalive methods`)")],
     repo: Annotated[Path, typer.Option(help="checkout of the method's upstream repository")],
     python: Annotated[str, typer.Option(help="python of the environment set up for it (its pinned stack)")],
     weights: Annotated[Path | None, typer.Option(help="its weights (file or folder), where it needs them")] = None,
 ) -> None:
     """Record where a baseline's upstream checkout, interpreter and weights are (user config file)."""
-    from baselines.external import configure
+    from personalive_cli.errors import UserError
 
-    path = configure(name, repo, python, weights)
+    cls = registry.get(name)
+    if not cls.configurable:
+        which = ", ".join(n for n, c in registry.available().items() if c.configurable) or "none"
+        raise UserError(f"{name!r} is not a method that runs upstream code; those are: {which}")
+    path = cls.configure(repo, python, weights)
     err.print(f"{name}: {registry.get(name).status().detail} (saved in {path})", highlight=False, soft_wrap=True)
 
 
@@ -280,8 +285,8 @@ from personalive_cli.cli.weights_cmd import mount as _mount_weights  # noqa: E40
 
 _mount_weights(app)
 
-from benchmarks.cli import mount as _mount_bench  # noqa: E402
-from data_tools.cli import mount as _mount_data  # noqa: E402
+from personalive_cli.cli.bench_cmd import mount as _mount_bench  # noqa: E402
+from personalive_cli.cli.data_cmd import mount as _mount_data  # noqa: E402
 
 _mount_bench(app)
 _mount_data(app)

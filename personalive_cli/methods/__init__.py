@@ -1,7 +1,2 @@
-"""Built-in methods; importing this package registers them."""
-
-from baselines import follow_your_emoji, liveportrait, megactor_sigma, x_portrait  # noqa: F401
-from personalive_cli.methods import (
-    personalive,  # noqa: F401, E402
-    still,  # noqa: F401
-)
+"""Built-in methods. They register through the ``personalive.methods`` entry points in pyproject.toml,
+as a third-party package's methods do."""

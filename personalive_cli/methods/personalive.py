@@ -5,12 +5,14 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 import torch
 
 from personalive_cli.errors import UserError
-from personalive_cli.registry import Method, MethodStatus, Session, register
+from personalive_cli.registry import Method, MethodStatus, Session, as_frames, option
 
 HISTORY = 13  # the official end padding mirrors the 12 driving frames before the last one
 
@@ -20,20 +22,18 @@ class PersonaLiveSession(Session):
     animation of driving frame i; :meth:`flush` pushes mirrored look-ahead frames (as the official
     offline pipeline pads the end of a video) until every driving frame has its output."""
 
-    def __init__(self, engine):
-        super().__init__(frames_per_step=4)
+    def __init__(self, engine, size: int | None = None):
+        super().__init__(frames_per_step=4, size=size)
         self.engine = engine
         self.history: deque[np.ndarray] = deque(maxlen=HISTORY)
         self.received = 0
         self.emitted = 0
 
-    def push(self, frames: np.ndarray) -> Iterator[np.ndarray]:
-        frames = np.asarray(frames)
-        if frames.ndim == 3:
-            frames = frames[None]
+    def push(self, frames) -> list[np.ndarray]:
+        frames = as_frames(frames, self.size)
         self.history.extend(frames)
         self.received += len(frames)
-        yield from super().push(frames)
+        return super().push(frames)
 
     def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:
         out = self.engine.step(frames, decode_warmup=False)
@@ -43,9 +43,10 @@ class PersonaLiveSession(Session):
             self.emitted += 1
             yield frame
 
-    def flush(self) -> Iterator[np.ndarray]:
+    def flush(self) -> list[np.ndarray]:
+        out: list[np.ndarray] = []
         if not self.history:
-            return
+            return out
         history = list(self.history)
         # Look-ahead after the last frame: the frames before it, newest first (then the oldest kept one).
         mirror = history[-2::-1] or history[-1:]
@@ -54,13 +55,33 @@ class PersonaLiveSession(Session):
             self._pending.extend(itertools.islice(pad, self.frames_per_step - len(self._pending)))
             step = np.stack(self._pending)
             self._pending = []
-            yield from self.step(step)
+            out.extend(self.step(step))
+        return out
 
 
-@register("personalive")
+@dataclass
+class PersonaLiveOptions:
+    """Engine settings; each fix of an official-code behaviour is one of them (docs/personalive.md)."""
+
+    keyframes: bool = option(True, "Historical Keyframe Mechanism on/off")
+    keyframe_threshold: float = option(17.0, "motion distance above which a chunk becomes a historical keyframe")
+    max_keyframes: int = option(3, "historical keyframes kept at most")
+    reset_keyframe_flag: bool = option(True, "reset the keyframe flag once the bank is full (false: the official "
+                                             "offline stream, whose attention grows without bound)")
+    keyframe_compare: str = option("emitted", "emitted (official online) or newest (official offline stream): "
+                                              "which chunk's motion a keyframe candidate is compared by")
+    bounded_motion_bank: bool = option(True, "stop growing the motion bank once no keyframe can be added "
+                                             "(false: the official online behaviour)")
+    fp16_banks: bool = option(True, "round reference/keyframe attention tokens to fp16, as the official code "
+                                    "stores them (false: full precision in fp32 runs)")
+
+
 class PersonaLive(Method):
     frames_per_step = 4
-    needs_weights = True
+    Options = PersonaLiveOptions
+    model_flags = frozenset({"vae", "attention"})
+    can_use_random_weights = True
+    has_weights = True
     downloads_to_cache = True
     weights_env = "PERSONALIVE_WEIGHTS"
     description = "PersonaLive (CVPR 2026): 4-step streaming diffusion with hybrid motion control and keyframes"
@@ -118,10 +139,24 @@ class PersonaLive(Method):
 
         download(root)
 
+    @classmethod
+    def check_weights(cls, root) -> list[dict]:
+        from personalive_cli.pipeline.components import check_layout
+
+        return check_layout(root)
+
+    @classmethod
+    def make_tiny_weights(cls, root, seed: int = 0) -> None:
+        from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
+
+        if (Path(root) / "personalive").exists():
+            raise UserError(f"{root} already holds PersonaLive weights; make-tiny writes only into a new folder")
+        PersonaLiveModels.random(PersonaLiveConfig.tiny(), seed=seed).save_pretrained(root)
+
     def start(self, reference: np.ndarray) -> Session:
         from personalive_cli.pipeline.engine import StreamEngine
 
         engine = StreamEngine(self.models, size=self.size, device=self.device, dtype=self.dtype,
                               seed=42 if self.seed is None else self.seed, options=self.engine_options)
         engine.set_reference(reference)
-        return PersonaLiveSession(engine)
+        return PersonaLiveSession(engine, self.size)

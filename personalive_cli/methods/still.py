@@ -11,12 +11,12 @@ from collections.abc import Iterator
 import numpy as np
 
 from personalive_cli.faces.crop import resize
-from personalive_cli.registry import Method, Session, register
+from personalive_cli.registry import Method, Session
 
 
 class _StillSession(Session):
-    def __init__(self, reference: np.ndarray):
-        super().__init__(frames_per_step=1)
+    def __init__(self, reference: np.ndarray, size: int):
+        super().__init__(frames_per_step=1, size=size)
         self.reference = reference
 
     def step(self, frames: np.ndarray) -> Iterator[np.ndarray]:
@@ -24,10 +24,9 @@ class _StillSession(Session):
             yield self.reference
 
 
-@register("still")
 class Still(Method):
     frames_per_step = 1
     description = "the reference portrait repeated (no-motion lower bound); needs no weights"
 
     def start(self, reference: np.ndarray) -> Session:
-        return _StillSession(resize(reference, self.size))
+        return _StillSession(resize(reference, self.size), self.size)

@@ -56,7 +56,7 @@ def run_stream(reference: str | Path, source_spec: str, opts: LiveOptions) -> St
     ref_image = read_reference(reference, opts.reference_frame)
     if opts.fmt not in ("y4m", "rgb24"):
         raise UserError(f"unknown --format {opts.fmt!r}; choose y4m or rgb24")
-    if getattr(registry.get(opts.method), "external", False):
+    if not registry.get(opts.method).streamable:
         raise UserError(f"method {opts.method!r} runs its upstream code on a whole clip and cannot stream; "
                         "use `personalive animate`")
     method = build_method(opts.method, opts.size, opts.device, opts.dtype, opts.seed, opts.weights,

@@ -163,7 +163,7 @@ def test_follow_your_emoji_contract(tmp_path, monkeypatch):
     monkeypatch.setattr(fye, "landmark_template", fake_template)
     method = registry.get("follow-your-emoji")(size=128, seed=3)
     session = method.start(np.full((200, 200, 3), 120, np.uint8))
-    assert list(session.push(np.zeros((5, 64, 64, 3), np.uint8))) == []  # clip-based: nothing until flush
+    assert list(session.push(np.zeros((5, 128, 128, 3), np.uint8))) == []  # clip-based: nothing until flush
     outs = list(session.flush())
     assert len(outs) == 5 and outs[0].shape == (128, 128, 3)
     assert calls == [(5, repo.resolve() / fye.TASK_MODEL)]
@@ -201,7 +201,7 @@ def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
     weights.mkdir()
     configure("megactor-sigma", repo, sys.executable, weights)
     levels = 30 + (np.arange(70) % 7) * 10  # 2.8 s at 25 fps > 2.5 s; each frame one grey level
-    frames = np.broadcast_to(levels[:, None, None, None], (70, 64, 64, 3)).astype(np.uint8)
+    frames = np.broadcast_to(levels[:, None, None, None], (70, 96, 96, 3)).astype(np.uint8)
     method = registry.get("megactor-sigma")(size=96)
     session = method.start(np.full((64, 64, 3), 90, np.uint8))
     list(session.push(frames))
@@ -245,8 +245,10 @@ def test_external_session_collects_steps_and_invocation_is_abstract(tmp_path):
     assert ExternalMethod.__abstractmethods__ == {"invocation"}
     configure("megactor-sigma", fake_repo(tmp_path, "megactor-sigma"), sys.executable)
     session = registry.get("megactor-sigma")(size=64).start(np.zeros((64, 64, 3), np.uint8))
-    assert list(session.step(np.zeros((16, 32, 32, 3), np.uint8))) == []  # collected, run at flush
-    assert list(session.push(np.zeros((32, 32, 3), np.uint8))) == [] and len(session.frames) == 17
+    assert list(session.step(np.zeros((16, 64, 64, 3), np.uint8))) == []  # collected, run at flush
+    assert session.push(np.zeros((64, 64, 3), np.uint8)) == [] and len(session.frames) == 17
+    with pytest.raises(UserError, match="must be 64×64"):
+        session.push(np.zeros((32, 32, 3), np.uint8))
 
 
 def test_upstream_failure_is_one_clear_error(tmp_path):

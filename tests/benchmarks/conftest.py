@@ -103,7 +103,7 @@ def absent_method(monkeypatch):
     registry.available()
 
     class NeedsWeights(ConvDouble):
-        needs_weights = True
+        can_use_random_weights = True
 
         def __init__(self, weights=None, device="cpu", dtype=None, size=512, seed=None):  # no random_weights
             super().__init__(weights=weights, device=device, dtype=dtype, size=size, seed=seed)

@@ -76,7 +76,7 @@ def test_clip_based_method_is_timed_over_the_whole_clip(monkeypatch):
 
     class ClipDouble(Method):
         frames_per_step = 4
-        external = True
+        clip_based = True
 
         def start(self, reference):
             return ClipSession()

@@ -1,4 +1,6 @@
-"""`personalive` commands with the PersonaLive method on a tiny official-layout weights folder."""
+"""`personalive` commands with the PersonaLive method on a tiny official-layout weights folder.
+
+In-process (Typer's runner) except where a pipe is the point (`stream` to stdout)."""
 
 import json
 import os
@@ -14,8 +16,17 @@ CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
 ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
 
 
-def run(*args, **kw):
-    return subprocess.run([*CLI, *map(str, args)], capture_output=True, text=True, env=ENV, **kw)
+def run(*args):
+    """The command as a user types it, in this process: (returncode, stdout, stderr) like subprocess.run."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from personalive_cli.cli.app import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args])
+    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 
 def one_error_line(r):
@@ -133,3 +144,22 @@ def test_engine_fixes_are_named_options(tmp_path, demo_ref, demo_drive, tiny_wei
 def test_make_tiny_never_overwrites_weights(tiny_weights):
     line = one_error_line(run("weights", "make-tiny", tiny_weights))
     assert "already holds PersonaLive weights" in line
+
+
+def test_weights_commands_for_any_method_with_weights(tmp_path):
+    r = run("weights", "make-tiny", "--method", "liveportrait", tmp_path / "lp")
+    assert r.returncode == 0, r.stderr
+    r = run("weights", "check", "--method", "liveportrait", tmp_path / "lp", "--json")
+    assert r.returncode == 0, r.stderr
+    assert {row["status"] for row in json.loads(r.stdout)} <= {"ok", "optional"}
+    r = run("weights", "check", "liveportrait", tmp_path / "lp")  # the older spelling still works
+    assert r.returncode == 0, r.stderr
+    line = one_error_line(run("weights", "check", "--method", "still", tmp_path / "lp"))
+    assert "has no weights of its own" in line and "liveportrait" in line
+
+
+def test_methods_info_lists_options_with_help():
+    r = run("methods", "info", "personalive")
+    assert r.returncode == 0, r.stderr
+    text = " ".join(r.stderr.split())
+    assert "reset_keyframe_flag" in text and "model flags: --attention, --vae" in text

@@ -58,7 +58,7 @@ def test_methods_lists_liveportrait_with_its_status(tmp_path, lp_tiny_weights):
     rows = {row["name"]: row for row in json.loads(r.stdout)}
     lp = rows["liveportrait"]
     assert lp["frames_per_step"] == 1 and not lp["ready"]
-    assert any("weights download liveportrait" in n for n in lp["needs"])
+    assert any("weights download --method liveportrait" in n for n in lp["needs"])
     r = run_cli("methods", "--json", "--weights", lp_tiny_weights)
     lp = {row["name"]: row for row in json.loads(r.stdout)}["liveportrait"]
     assert lp["ready"] and "offline face detector" in lp["status"]

@@ -145,7 +145,7 @@ def test_missing_folder_and_files_are_clear(tmp_path):
     with pytest.raises(UserError, match="weights folder not found"):
         resolve_weights(tmp_path / "nope")
     (tmp_path / "liveportrait").mkdir()
-    with pytest.raises(UserError, match="not a LivePortrait weights folder.*personalive weights download liveportrait"):
+    with pytest.raises(UserError, match="not a LivePortrait weights folder.*personalive weights download --method liveportrait"):
         resolve_weights(tmp_path)
 
 
