@@ -14,7 +14,6 @@ length, so every run gets a copy of the config with ``video_length`` set to the 
 
 from __future__ import annotations
 
-import re
 import socket
 from dataclasses import dataclass
 from pathlib import Path
@@ -22,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from baselines.external import Clip, ExternalMethod, ExternalOptions, Invocation
+from baselines.upstream_config import dump_config, load_config, repoint, weights_prefix
 from personalive_cli.errors import UserError
 from personalive_cli.registry import option
 
@@ -113,14 +113,11 @@ def landmark_template(frames: list[np.ndarray], task_model: str | Path, repeat_f
 def config_for_clip(text: str, video_length: int, weights: str | None = None) -> str:
     """The upstream config text with ``video_length`` (top level) set, and ``pretrained_models/`` paths
     pointing into ``weights`` when given."""
-    line = f"video_length: {int(video_length)}"
-    text, found = re.subn(r"^video_length\s*:.*$", line, text, flags=re.MULTILINE)
-    if not found:
-        text = text.rstrip("\n") + f"\n{line}\n"
+    data = load_config(text, CONFIG)
+    data["video_length"] = int(video_length)
     if weights:
-        weights = str(Path(weights)).rstrip("/") + "/"
-        text = text.replace("'pretrained_models/", f"'{weights}").replace('"pretrained_models/', f'"{weights}')
-    return text
+        data = repoint(data, "pretrained_models/", weights_prefix(weights))
+    return dump_config(data)
 
 
 def _free_port() -> int:

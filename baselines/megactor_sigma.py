@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from baselines.external import Clip, ExternalMethod, ExternalOptions, Invocation, has_audio, write_video
+from baselines.upstream_config import dump_config, load_config, repoint, weights_prefix
 from personalive_cli.errors import UserError
 from personalive_cli.registry import option
 
@@ -91,10 +92,10 @@ class MegActorSigma(ExternalMethod):
                               silent_audio_rate=None if with_audio else AUDIO_RATE)
         config = repo / self.config_file
         if self.config.weights:
-            text = config.read_text()
-            weights = str(Path(self.config.weights)).rstrip("/") + "/"
+            data = load_config(config.read_text(), config)
+            data = repoint(data, "./weights/", weights_prefix(self.config.weights))
             config = work / "inference.yaml"
-            config.write_text(text.replace('"./weights/', f'"{weights}').replace("'./weights/", f"'{weights}"))
+            config.write_text(dump_config(data))
         out = work / "out" / "result.mp4"
         out.parent.mkdir()
         cmd = [self.config.python, self.entry_point, "--config", str(config), "--output-path", str(out),

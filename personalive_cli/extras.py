@@ -10,7 +10,7 @@ from personalive_cli.errors import UserError
 # extra -> the modules its packages provide (import names, not distribution names)
 EXTRAS: dict[str, tuple[str, ...]] = {
     "faces": ("mediapipe",),
-    "bench": ("lpips", "pytorch_fid", "scipy", "matplotlib", "accelerate", "onnxruntime", "psutil"),
+    "bench": ("lpips", "pytorch_fid", "scipy", "matplotlib", "accelerate", "onnxruntime", "insightface", "psutil"),
 }
 
 

@@ -17,7 +17,6 @@ from benchmarks.metrics.fvd import (
     video_features,
 )
 from benchmarks.metrics.identity import (
-    ARCFACE_TEMPLATE,
     ArcFaceIdentity,
     ArcFaceONNX,
     DlibIdentity,
@@ -37,7 +36,7 @@ from benchmarks.metrics.registry import (
 )
 
 __all__ = [
-    "ARCFACE_TEMPLATE", "METRICS", "ArcFaceIdentity", "ArcFaceONNX", "DlibIdentity", "FaceAligner",
+    "METRICS", "ArcFaceIdentity", "ArcFaceONNX", "DlibIdentity", "FaceAligner",
     "I3DFeatures", "IdentityMetric", "InceptionFeatures", "LPIPSMetric", "MetricSpec", "MetricStatus",
     "MetricUnavailable", "available_metrics", "build_fid_inception", "build_lpips_alex", "fid",
     "fid_from_features", "frechet_distance", "make_metric", "frechet_distance_from_features", "fvd", "fvd_from_features",

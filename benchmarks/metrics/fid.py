@@ -1,7 +1,8 @@
 """FID with pytorch-fid's InceptionV3 (pool3, 2048-d; ``pt_inception-2015-12-05-6726825d.pth``).
 
-Frames (uint8 RGB) -> [0, 1] float -> pytorch-fid ``InceptionV3([3], resize_input=True,
-normalize_input=True)`` (bilinear resize to 299², scaling to [-1, 1] inside) -> pool3 features ->
+Frames (uint8 RGB) -> [0, 1] float -> pytorch-fid's ``InceptionV3([3], resize_input=True,
+normalize_input=True)`` network, built from the local weight file by ``fid_network`` (bilinear resize
+to 299², scaling to [-1, 1] inside) -> pool3 features ->
 mean and covariance (ddof=1, ``np.cov`` as pytorch-fid) -> Fréchet distance.
 """
 
@@ -9,7 +10,6 @@ from __future__ import annotations
 
 import os
 from collections.abc import Callable, Iterable
-from unittest import mock
 
 import numpy as np
 
@@ -23,24 +23,15 @@ FID_DDOF = 1
 
 
 def build_fid_inception(weights: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None):
-    """pytorch-fid's ``InceptionV3([pool3])`` with its FID weights read from a local file (no download)."""
+    """pytorch-fid's FID Inception up to pool3 with its weights read from a local file (no download)."""
     require_module("FID", "pytorch_fid", "pytorch-fid>=0.3")
     import torch
-    from pytorch_fid import inception as fid_inception
+
+    from benchmarks.metrics.fid_network import FIDInceptionPool3
 
     path = FID_INCEPTION.resolve(weights, weights_dir)
-
-    def _local(*_args, **_kwargs):
-        return torch.load(path, map_location="cpu", weights_only=True)
-
     try:
-        # fid_inception_v3() calls load_state_dict_from_url(FID_WEIGHTS_URL); serve it the local file.
-        with mock.patch.object(fid_inception, "load_state_dict_from_url", _local):
-            block = fid_inception.InceptionV3.BLOCK_INDEX_BY_DIM[FID_DIMS]
-            model = fid_inception.InceptionV3([block], resize_input=True, normalize_input=True,
-                                              use_fid_inception=True)
-    except MetricUnavailable:
-        raise
+        model = FIDInceptionPool3(torch.load(path, map_location="cpu", weights_only=True))
     except Exception as e:
         raise MetricUnavailable("FID", f"cannot load {path}: {e}; {FID_INCEPTION.how}") from e
     return model.eval().requires_grad_(False)

@@ -1,10 +1,10 @@
 """ID-SIM: identity similarity between the reference portrait and every generated frame.
 
-``ID-SIM`` (the paper's column): insightface's ArcFace ``w600k_r50.onnx`` (buffalo_l pack), run with
-onnxruntime on faces aligned to insightface's 112×112 five-point template (similarity transform,
-Umeyama, as ``insightface.utils.face_align.norm_crop``). Input normalisation as insightface's
-``ArcFaceONNX`` for this model: RGB, (x − 127.5) / 127.5, NCHW. Score: cosine between the reference's
-embedding and each frame's, averaged over frames.
+``ID-SIM`` (the paper's column): insightface's ArcFace ``w600k_r50.onnx`` (buffalo_l pack), loaded from a
+local file through insightface's own ``model_zoo`` (its ``ArcFaceONNX``, on onnxruntime), on faces
+aligned by insightface's ``face_align.norm_crop`` (five points onto its 112×112 ``arcface_dst``
+template). Input normalisation is ``ArcFaceONNX``'s: RGB, (x − 127.5) / 127.5, NCHW. Score: cosine
+between the reference's embedding and each frame's, averaged over frames.
 
 Five-point landmarks come from MediaPipe Face Mesh (bundled with the ``mediapipe`` wheel, offline;
 iris centres 468/473, nose tip 1, mouth corners 61/291), else dlib's 68-point predictor, else none.
@@ -30,85 +30,51 @@ from benchmarks.metrics.common import as_image, as_video
 from benchmarks.metrics.errors import MetricUnavailable
 from benchmarks.metrics.weights import ARCFACE, face_recognition_models_dir, has_module, require_module
 
-#: insightface's ArcFace destination landmarks in a 112×112 crop (face_align.arcface_dst):
-#: image-left eye, image-right eye, nose tip, image-left mouth corner, image-right mouth corner.
-ARCFACE_TEMPLATE = np.array(
-    [[38.2946, 51.6963], [73.5318, 51.5014], [56.0252, 71.7366], [41.5493, 92.3655], [70.7299, 92.2041]],
-    dtype=np.float64,
-)
 ARCFACE_SIZE = 112
 DEFAULT_CROP_FRACTION = 0.7
+BENCH_EXTRA = "'personalive[bench]'"
 
 Landmarker = Callable[[np.ndarray], "np.ndarray | None"]
+
+
+def _insightface():
+    """insightface, imported on first use: it is an optional (bench) dependency and slow to import."""
+    require_module("ID-SIM", "insightface", BENCH_EXTRA)
+    try:
+        import insightface.model_zoo
+        import insightface.utils.face_align
+    except ImportError as e:  # e.g. its onnxruntime or opencv missing or broken
+        raise MetricUnavailable("ID-SIM", f"insightface cannot be imported ({e}); "
+                                f"pip install {BENCH_EXTRA}") from e
+    return insightface
 
 
 # --------------------------------------------------------------------------- alignment
 
 
-def estimate_similarity(src: np.ndarray, dst: np.ndarray) -> np.ndarray:
-    """Least-squares similarity transform (rotation, uniform scale, translation) mapping src -> dst.
-
-    Umeyama (1991), no reflection, as ``skimage.transform.SimilarityTransform.estimate`` used by
-    insightface. Returns the 2×3 matrix M with dst ≈ M @ [x, y, 1].
-    """
-    src = np.asarray(src, dtype=np.float64)
-    dst = np.asarray(dst, dtype=np.float64)
-    if src.shape != dst.shape or src.ndim != 2 or src.shape[1] != 2:
-        raise ValueError(f"need matching (k, 2) point sets, got {src.shape} and {dst.shape}")
-    n = src.shape[0]
-    mu_s, mu_d = src.mean(0), dst.mean(0)
-    sc, dc = src - mu_s, dst - mu_d
-    cov = dc.T @ sc / n
-    d = np.ones(2)
-    if np.linalg.det(cov) < 0:
-        d[1] = -1
-    u, s, vt = np.linalg.svd(cov)
-    r = u @ np.diag(d) @ vt
-    var_s = (sc**2).sum() / n
-    scale = (s * d).sum() / var_s if var_s > 0 else 1.0
-    t = mu_d - scale * r @ mu_s
-    m = np.zeros((2, 3))
-    m[:, :2] = scale * r
-    m[:, 2] = t
-    return m
-
-
-def warp_affine(image: np.ndarray, m: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
-    """``cv2.warpAffine(image, m, (size, size), borderValue=0)`` (bilinear); PIL fallback without cv2."""
-    image = np.ascontiguousarray(image)
-    if has_module("cv2"):
-        import cv2
-
-        return cv2.warpAffine(image, m.astype(np.float64), (size, size), flags=cv2.INTER_LINEAR, borderValue=0.0)
-    from PIL import Image
-
-    # PIL maps output pixel centres (x + 0.5) through the inverse; convert from cv2's integer-centre convention.
-    full = np.vstack([m, [0.0, 0.0, 1.0]])
-    inv = np.linalg.inv(full)
-    shift = np.array([[1, 0, -0.5], [0, 1, -0.5], [0, 0, 1.0]])
-    unshift = np.array([[1, 0, 0.5], [0, 1, 0.5], [0, 0, 1.0]])
-    pil = unshift @ inv @ shift
-    out = Image.fromarray(image).transform((size, size), Image.AFFINE, data=tuple(pil[:2].reshape(-1)),
-                                           resample=Image.BILINEAR, fillcolor=(0, 0, 0))
-    return np.asarray(out)
-
-
 def center_crop_face(image: np.ndarray, crop_fraction: float = DEFAULT_CROP_FRACTION,
                      size: int = ARCFACE_SIZE) -> np.ndarray:
-    """The documented no-landmark fallback: central square of side crop_fraction·min(h, w) -> size²."""
+    """The documented no-landmark fallback: central square of side crop_fraction·min(h, w) -> size².
+
+    Warped with ``cv2.warpAffine`` (bilinear, black border) like ``norm_crop``, so both crops share one
+    pixel convention; OpenCV comes with insightface.
+    """
+    cv2 = require_module("ID-SIM", "cv2", BENCH_EXTRA)
     h, w = image.shape[:2]
     side = crop_fraction * min(h, w)
     scale = size / side
-    m = np.array([[scale, 0.0, size / 2 - scale * (w - 1) / 2], [0.0, scale, size / 2 - scale * (h - 1) / 2]])
-    # map the crop's centre to the output centre (cv2 integer-centre convention)
-    m[:, 2] -= 0.5
-    return warp_affine(image, m, size)
+    # map the crop's centre to the output centre (cv2 puts pixel centres on integer coordinates)
+    m = np.array([[scale, 0.0, size / 2 - scale * (w - 1) / 2 - 0.5],
+                  [0.0, scale, size / 2 - scale * (h - 1) / 2 - 0.5]])
+    return cv2.warpAffine(np.ascontiguousarray(image), m, (size, size), flags=cv2.INTER_LINEAR,
+                          borderValue=0.0)
 
 
 def norm_crop(image: np.ndarray, landmarks: np.ndarray, size: int = ARCFACE_SIZE) -> np.ndarray:
-    """Align a face to the ArcFace template from its 5 landmarks (insightface's ``norm_crop``)."""
-    dst = ARCFACE_TEMPLATE * (size / ARCFACE_SIZE)
-    return warp_affine(image, estimate_similarity(np.asarray(landmarks, np.float64), dst), size)
+    """insightface's ``face_align.norm_crop``: the 5 landmarks (ArcFace order) onto its template."""
+    face_align = _insightface().utils.face_align
+    return face_align.norm_crop(np.ascontiguousarray(image), np.asarray(landmarks, np.float64),
+                                image_size=size)
 
 
 class MediaPipeLandmarker:
@@ -206,31 +172,36 @@ class FaceAligner:
 
 
 class ArcFaceONNX:
-    """insightface ArcFace (``w600k_r50.onnx``) on onnxruntime: aligned uint8 RGB (n, 112, 112, 3) -> (n, d)."""
+    """The bench's ArcFace embedder: aligned uint8 RGB (n, 112, 112, 3) -> (n, d).
+
+    The network is insightface's ``model_zoo.ArcFaceONNX`` built by ``model_zoo.get_model`` on the local
+    file found by ``ARCFACE.resolve`` (never a download: a missing file raises before insightface is asked).
+    ``providers``: onnxruntime execution providers; None lets insightface pick (CUDA if present, else CPU).
+    """
 
     def __init__(self, weights: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
-                 providers: list[str] | None = None, input_mean: float = 127.5, input_std: float = 127.5):
-        ort = require_module("ID-SIM", "onnxruntime", "onnxruntime")
+                 providers: list[str] | None = None):
         self.path = ARCFACE.resolve(weights, weights_dir)
-        if providers is None:
-            providers = [p for p in ("CUDAExecutionProvider", "CPUExecutionProvider")
-                         if p in ort.get_available_providers()]
+        model_zoo = _insightface().model_zoo
         try:
-            self.session = ort.InferenceSession(str(self.path), providers=providers)
+            # get_model takes a name ending in .onnx as a file path, and routes it by its input shape
+            model = model_zoo.get_model(str(self.path), providers=providers)
         except Exception as e:
             raise MetricUnavailable("ID-SIM", f"cannot load {self.path}: {e}; {ARCFACE.how}") from e
-        inp = self.session.get_inputs()[0]
-        self.input_name = inp.name
-        self.fixed_batch = inp.shape[0] if isinstance(inp.shape[0], int) else None
-        self.input_mean = input_mean
-        self.input_std = input_std
+        if not isinstance(model, model_zoo.ArcFaceONNX):
+            raise MetricUnavailable("ID-SIM", f"{self.path} is not an ArcFace recognition model "
+                                    f"(insightface sees {type(model).__name__}); {ARCFACE.how}")
+        self.model = model
+        batch = model.input_shape[0]
+        self.fixed_batch = batch if isinstance(batch, int) else None
 
     def __call__(self, faces: np.ndarray) -> np.ndarray:
-        x = (np.asarray(faces, dtype=np.float32) - self.input_mean) / self.input_std
-        x = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
-        step = self.fixed_batch or len(x)
-        outs = [self.session.run(None, {self.input_name: x[i:i + step]})[0] for i in range(0, len(x), step)]
-        return np.concatenate(outs).reshape(len(x), -1)
+        faces = np.asarray(faces, dtype=np.uint8)
+        # get_feat takes OpenCV's BGR images and swaps them to RGB itself; our frames are RGB
+        bgr = [np.ascontiguousarray(f[..., ::-1]) for f in faces]
+        step = self.fixed_batch or len(bgr)
+        outs = [self.model.get_feat(bgr[i:i + step]) for i in range(0, len(bgr), step)]
+        return np.concatenate(outs).reshape(len(faces), -1)
 
 
 def _normalize(e: np.ndarray) -> np.ndarray:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import pytest
+import yaml
 from helpers import make_driving_with_audio, probe
 
 from personalive_cli import registry
@@ -170,7 +171,9 @@ def test_follow_your_emoji_contract(tmp_path, monkeypatch):
     rec = recorded(tmp_path)
     assert rec["template_len"] == 6 and rec["seed"] == 3 and len(rec["images"]) == 1
     assert rec["video_length"] == 5  # the upstream generates the config's video_length frames, not the template's
-    assert f"'{weights.resolve()}/follow-your-emoji'" in rec["config"]  # weights folder replaces pretrained_models/
+    config = yaml.safe_load(rec["config"])
+    # the weights folder replaces pretrained_models/
+    assert config["init_checkpoint"] == f"{weights.resolve()}/follow-your-emoji"
     assert (repo / "configs/infer.yaml").read_text().startswith("video_length: 16\n")  # the checkout is untouched
 
     configure("follow-your-emoji", repo, sys.executable)  # without --weights: still a copy with the clip's length
@@ -179,7 +182,8 @@ def test_follow_your_emoji_contract(tmp_path, monkeypatch):
     assert len(list(session.flush())) == 20
     rec = recorded(tmp_path)
     assert rec["video_length"] == 20 and rec["template_len"] == 21
-    assert "'pretrained_models/follow-your-emoji'" in rec["config"]  # relative to the repo, the working folder
+    # relative to the repo, the working folder
+    assert yaml.safe_load(rec["config"])["init_checkpoint"] == "pretrained_models/follow-your-emoji"
     assert Path(rec["config_path"]).parent != repo / "configs"
 
 
@@ -188,9 +192,16 @@ def test_follow_your_emoji_config_for_clip():
 
     text = "video_length: 16  # frames\nmodel:\n  kw:\n    temporal_position_encoding_max_len: 32\n"
     out = config_for_clip(text, 40)
-    assert out.splitlines()[0] == "video_length: 40" and "max_len: 32" in out
+    assert out.splitlines()[0] == "video_length: 40"  # key order kept
+    assert yaml.safe_load(out) == {"video_length": 40,
+                                   "model": {"kw": {"temporal_position_encoding_max_len": 32}}}
     assert config_for_clip("seed: 1\n", 7) == "seed: 1\nvideo_length: 7\n"
-    assert config_for_clip("a: 'pretrained_models/x'\nvideo_length: 16\n", 3, "/w/") == "a: '/w/x'\nvideo_length: 3\n"
+    # quoted or not, nested or in a list: every pretrained_models/ path moves into the weights folder
+    text = "a: 'pretrained_models/x'\nb: pretrained_models/y\nc: {d: [\"pretrained_models/z\", other/p]}\n"
+    assert yaml.safe_load(config_for_clip(text, 3, "/w/")) == {
+        "a": "/w/x", "b": "/w/y", "c": {"d": ["/w/z", "other/p"]}, "video_length": 3}
+    with pytest.raises(UserError, match="not the mapping"):
+        config_for_clip("- a\n- b\n", 3)
 
 
 def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
@@ -216,7 +227,10 @@ def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
     rec = recorded(tmp_path)
     assert rec["no_audio"] is True and rec["limit"] * 25 >= 70  # the 2.5 s default raised to the whole clip
     assert rec["audio_seconds"] == pytest.approx(70 / 25, abs=0.05)  # a silent track: upstream needs one
-    assert f'"{weights.resolve()}/megactor-sigma.ckpt"' in rec["config_text"]
+    config = yaml.safe_load(rec["config_text"])
+    ckpt = config["appearance_controlnet_motion_checkpoint_path"]
+    assert ckpt == f"{weights.resolve()}/megactor-sigma.ckpt"
+    assert config["size"] == [64, 64]
 
     drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "drive.mp4", "25", 4)
     method = registry.get("megactor-sigma")(size=96, audio=drive, audio_start=1.0)

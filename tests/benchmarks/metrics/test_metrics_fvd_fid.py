@@ -123,24 +123,54 @@ def test_missing_fid_inception_message(empty_caches):
     assert msg.startswith("FID: ") and "pt_inception-2015-12-05-6726825d.pth" in msg and "\n" not in msg
 
 
-def test_fid_inception_loads_from_local_file(tmp_path):
-    """pytorch-fid's real InceptionV3 built from a local (random-weight) file: no download attempted."""
+def _random_fid_state_dict() -> dict:
+    """Random weights with the FID Inception's exact keys, from pytorch-fid's own builder (its download
+    replaced, here in the test, by nothing)."""
     pytest.importorskip("pytorch_fid")
     from unittest import mock
 
     import torchvision
     from pytorch_fid import inception as fid_inception
 
-    # random weights with the FID Inception's exact keys (the architecture, without its download)
+    torch.manual_seed(0)
     with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: None), \
             mock.patch.object(torchvision.models.Inception3, "load_state_dict", lambda self, sd, *a, **k: None):
         net = fid_inception.fid_inception_v3()
+    # BatchNorm running stats away from their 0/1 defaults, so that using them wrongly would show
+    return {k: (torch.rand_like(v) + 0.5 if "running_var" in k else torch.randn_like(v) * 0.1
+                if "running_mean" in k else v) for k, v in net.state_dict().items()}
+
+
+def test_fid_network_matches_pytorch_fid_inception_v3():
+    """Our local-file build gives pytorch-fid's InceptionV3([pool3]) output on the same weights."""
+    from unittest import mock
+
+    from pytorch_fid import inception as fid_inception
+
+    from benchmarks.metrics.fid_network import FIDInceptionPool3
+
+    state = _random_fid_state_dict()
+    with mock.patch.object(fid_inception, "load_state_dict_from_url", lambda *a, **k: state):
+        theirs = fid_inception.InceptionV3([3], resize_input=True, normalize_input=True).eval()
+    ours = FIDInceptionPool3(state).eval()
+    x = torch.rand(2, 3, 64, 80, generator=torch.Generator().manual_seed(1))
+    with torch.no_grad():
+        a, b = theirs(x)[0], ours(x)[0]
+    assert a.shape == b.shape == (2, 2048, 1, 1)
+    torch.testing.assert_close(b, a, rtol=0, atol=0)  # the same operations in the same order
+
+
+def test_fid_inception_loads_from_local_file(tmp_path):
+    """The FID Inception built from a local (random-weight) file: no download attempted."""
+    from unittest import mock
+
+    state = _random_fid_state_dict()
     path = tmp_path / "pt_inception-2015-12-05-6726825d.pth"
-    torch.save(net.state_dict(), path)
+    torch.save(state, path)
     with mock.patch.object(torch.hub, "download_url_to_file", side_effect=AssertionError("no download")):
         ext = InceptionFeatures(weights_dir=tmp_path, batch_size=2)
     v = _video(2, 48, 48)
     f = ext(v)
     assert f.shape == (2, 2048) and np.isfinite(f).all()
     # the file's weights are the ones in use
-    assert torch.equal(ext.model.blocks[0][0].conv.weight, net.state_dict()["Conv2d_1a_3x3.conv.weight"])
+    assert torch.equal(ext.model.layers[0].conv.weight, state["Conv2d_1a_3x3.conv.weight"])

@@ -35,7 +35,8 @@ def test_files_in_weights_dir_make_columns_available(empty_caches):
     for wf, sub in ((ALEXNET, ""), (ARCFACE, "buffalo_l"), (I3D, ""), (FID_INCEPTION, "")):
         (empty_caches / sub / wf.filename).write_bytes(b"x")
     status = available_metrics(weights_dir=empty_caches)
-    expect = {"LPIPS": has_module("lpips"), "ID-SIM": has_module("onnxruntime"), "FVD": has_module("scipy"),
+    expect = {"LPIPS": has_module("lpips"), "ID-SIM": has_module("insightface") and has_module("onnxruntime"),
+              "FVD": has_module("scipy"),
               "FID": has_module("pytorch_fid")}
     for name, ok in expect.items():
         assert status[name].available == ok, status[name].reason
