@@ -1,9 +1,15 @@
 """`personalive stream` in shell pipelines, as users run it."""
 
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
 import numpy as np
+import pytest
 from helpers import probe
 
 CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
@@ -88,3 +94,57 @@ def test_raw_stdin_with_zero_size(demo_ref):
     r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
                         "--crop", "none", "--input-size", "0x0"], input=b"\0" * 100, capture_output=True)
     _one_error_line(r, "must be positive")
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of running processes that mention ``text`` (ffmpeg children outlive their parent
+    in their own session, so they are looked for everywhere, not only under the test)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and "pytest" not in args:
+            found.append(args)
+    return found
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "timed out waiting for the stream to start"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT to the group", "SIGTERM"])
+def test_signal_mid_stream_keeps_the_file(tmp_path, demo_ref, demo_drive, ffmpeg, sig):
+    drive = tmp_path / "drive.mp4"  # 100 frames at 25 fps: 4 s when paced in real time
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "100", "-vf", "scale=128:128",
+                    str(drive)], check=True)
+    out = tmp_path / "live.mp4"
+    proc = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(drive), "--method",
+                             "still", "--crop", "none", "--size", "128", "--realtime", "--to", str(out)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: any(tmp_path.glob(".live.*.part.mp4")), 60, proc)
+        time.sleep(0.8)  # some 20 frames in
+        if sig == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:  # what Ctrl-C in a terminal does: the whole foreground process group gets SIGINT
+            os.killpg(proc.pid, signal.SIGINT)
+        stderr = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"stream: (\d+) frames in, (\d+) out(, \d+ dropped to keep up in real time)?, interrupted",
+                         last)
+    assert match, stderr
+    received, written = int(match[1]), int(match[2])
+    assert 0 < written <= received < 100
+    assert probe(out)["frames"] == written  # every frame written is in the file, and it plays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4", "live.mp4"]  # no temporary file left
+    assert _processes_naming(str(tmp_path)) == []  # no ffmpeg left behind
