@@ -1,5 +1,6 @@
 """`personalive stream` in shell pipelines, as users run it."""
 
+import io
 import os
 import re
 import signal
@@ -8,6 +9,7 @@ import sys
 import time
 from pathlib import Path
 
+import av
 import numpy as np
 import pytest
 from helpers import probe
@@ -52,9 +54,10 @@ def test_stream_raw_rgb24_stdin_needs_size(demo_ref):
     assert len(r.stdout) == 4 * 128 * 128 * 3
 
 
-def test_closed_pipe_ends_quietly(demo_ref, demo_drive):
+@pytest.mark.parametrize("pacing", ["", "--realtime"])
+def test_closed_pipe_ends_quietly(demo_ref, demo_drive, pacing):
     r = subprocess.run(f"{sys.executable} -m personalive_cli.cli.app stream --reference {demo_ref} "
-                       f"--source {demo_drive} --method still --size 128 | head -c 1000 > /dev/null; "
+                       f"--source {demo_drive} --method still --size 128 {pacing} | head -c 1000 > /dev/null; "
                        "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True)
     assert r.stdout.strip() == "0"
     assert "Traceback" not in r.stderr and "Error" not in r.stderr
@@ -148,3 +151,28 @@ def test_signal_mid_stream_keeps_the_file(tmp_path, demo_ref, demo_drive, ffmpeg
     assert probe(out)["frames"] == written  # every frame written is in the file, and it plays
     assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4", "live.mp4"]  # no temporary file left
     assert _processes_naming(str(tmp_path)) == []  # no ffmpeg left behind
+
+
+def test_sigint_ends_a_y4m_stream_on_a_pipe_with_whole_frames(tmp_path, demo_ref, demo_drive, ffmpeg):
+    drive = tmp_path / "drive.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "100", "-vf", "scale=128:128",
+                    str(drive)], check=True)
+    proc = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(drive), "--method",
+                             "still", "--crop", "none", "--size", "128", "--realtime"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        header = proc.stdout.readline()
+        assert header.startswith(b"YUV4MPEG2 W128 H128 F25:1"), proc.stderr.read()
+        head = proc.stdout.read(5 * (6 + 128 * 128 * 3 // 2))  # five frames in: the stream is running
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    match = re.search(rb"stream: (\d+) frames in, (\d+) out.*, interrupted\n\Z", stderr)
+    assert match, stderr
+    body = head + rest
+    assert len(body) == int(match[2]) * (6 + 128 * 128 * 3 // 2) and 5 <= int(match[2]) < 100  # no half frame
+    with av.open(io.BytesIO(header + body), format="yuv4mpegpipe") as c:
+        assert sum(1 for _ in c.decode(video=0)) == int(match[2])
