@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import collections
+import io
 import os
 import signal
 import subprocess
@@ -48,12 +49,23 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise UserError(f"--input-size must look like 512x512, got {text!r}") from None
 
 
+def _stdin_reader() -> BinaryIO:
+    """A reader of its own on fd 0 (when nothing was read through ``sys.stdin`` yet): the source may be
+    read on a thread that is still blocked in a read when the interpreter exits, and exiting Python
+    must take the lock of ``sys.stdin.buffer`` (with it busy, it aborts), not of this one."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return sys.stdin.buffer
+    return io.BufferedReader(io.FileIO(fd, "rb", closefd=False))
+
+
 def open_source(spec: str, input_format: str = "auto", input_size: str | None = None,
                 input_fps: float = 25.0, realtime: bool | None = None) -> Source:
     """``-`` (stdin: y4m, detected by its magic, or raw rgb24 with ``input_size``), a V4L2 device
     (``/dev/video0``) or a video file. ``realtime`` None: only webcams are live."""
     if spec == "-":
-        stdin: BinaryIO = sys.stdin.buffer
+        stdin: BinaryIO = _stdin_reader()
         head = stdin.peek(9)[:9] if hasattr(stdin, "peek") else b""
         fmt = input_format
         if fmt == "auto":
@@ -96,11 +108,13 @@ def open_source(spec: str, input_format: str = "auto", input_size: str | None = 
 
 class LiveBuffer:
     """Reads a source on a thread, paced to its fps, keeping at most ``capacity`` frames: when the
-    consumer falls behind, the oldest frames are dropped (and counted) so latency stays bounded.
-    :meth:`close` stops the reader (and closes the source's frames, with them its container)."""
+    consumer falls behind, the oldest frames are dropped (and counted) so latency stays bounded; with
+    ``drop=False`` the reader waits for room instead (a source that is not live, read off the main
+    thread). :meth:`close` stops the reader (and closes the source's frames, with them its container)."""
 
-    def __init__(self, source: Source, capacity: int, pace: bool):
+    def __init__(self, source: Source, capacity: int, pace: bool, drop: bool = True):
         self.capacity = capacity
+        self.drop = drop
         self.dropped = 0
         self.received = 0
         self.error: BaseException | None = None
@@ -122,6 +136,8 @@ class LiveBuffer:
                 if self._stop.is_set():
                     break
                 with self._cond:
+                    while not self.drop and len(self._frames) >= self.capacity and not self._stop.is_set():
+                        self._cond.wait()
                     self._frames.append(frame)
                     self.received += 1
                     while len(self._frames) > self.capacity:
@@ -159,6 +175,7 @@ class LiveBuffer:
                     self._cond.wait()
                 batch = list(self._frames)
                 self._frames.clear()
+                self._cond.notify_all()  # room for a reader that waits instead of dropping
                 done = self._done or self._stop.is_set()
             if batch:
                 yield batch

@@ -136,8 +136,13 @@ def _stream(reference: str | Path, source_spec: str, opts: LiveOptions, stats: S
     with contextlib.ExitStack() as stack:
         # closed in reverse: the reader stops, the cropper closes, the output is finalised, the source closes
         source = open_source(source_spec, opts.input_format, opts.input_size, opts.input_fps, opts.realtime)
-        if hasattr(source.frames, "close"):
-            stack.callback(quietly, source.frames.close)
+        buffer = None
+
+        def close_source() -> None:
+            if buffer is None and hasattr(source.frames, "close"):  # else the reader thread closes them
+                source.frames.close()
+
+        stack.callback(quietly, close_source)
         with stop.shield():  # ffmpeg is never left running without an owner
             sink = ffmpeg_sink(opts.to, source.fps) if opts.to else Sink(sys.stdout.buffer, opts.fmt, source.fps)
 
@@ -158,10 +163,12 @@ def _stream(reference: str | Path, source_spec: str, opts: LiveOptions, stats: S
         cropper = FaceCropper(opts.crop, opts.size)
         stack.callback(quietly, cropper.close)
         session = method.start(crop_reference(ref_image, opts.crop, opts.size))
-        buffer = None
-        if source.live:
-            # Keep at most two steps of input waiting: beyond that, waiting frames only add latency.
-            buffer = LiveBuffer(source, capacity=2 * method.frames_per_step, pace=not source_spec.startswith("/dev/"))
+        if source.live or source_spec == "-":
+            # Keep at most two steps of input waiting: beyond that, waiting frames only add latency. stdin is
+            # read on that thread even when not live (then nothing is dropped): a signal arriving inside PyAV's
+            # read of a Python file is swallowed there, and would end the stream as a read error.
+            buffer = LiveBuffer(source, capacity=2 * method.frames_per_step, drop=source.live,
+                                pace=source.live and not source_spec.startswith("/dev/"))
             stack.callback(quietly, buffer.close)
             batches = iter(buffer)
         else:

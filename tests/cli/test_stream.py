@@ -176,3 +176,28 @@ def test_sigint_ends_a_y4m_stream_on_a_pipe_with_whole_frames(tmp_path, demo_ref
     assert len(body) == int(match[2]) * (6 + 128 * 128 * 3 // 2) and 5 <= int(match[2]) < 100  # no half frame
     with av.open(io.BytesIO(header + body), format="yuv4mpegpipe") as c:
         assert sum(1 for _ in c.decode(video=0)) == int(match[2])
+
+
+def test_sigterm_while_stdin_waits_keeps_the_file(tmp_path, demo_ref, demo_drive, ffmpeg):
+    # stdin that delivers a few frames, then stays open with nothing more: the stream sits in a read
+    y4m = subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "5", "-vf",
+                          "scale=128:128", "-f", "yuv4mpegpipe", "-"], capture_output=True, check=True).stdout
+    out = tmp_path / "live.mkv"
+    proc = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                             "--crop", "none", "--size", "128", "--to", str(out)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=False, start_new_session=True)
+    try:
+        proc.stdin.write(y4m)
+        proc.stdin.flush()
+        _wait_for(lambda: any(tmp_path.glob(".live.*.part.mkv")), 60, proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=30)[1].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    match = re.fullmatch(r"stream: (\d+) frames in, (\d+) out, interrupted", stderr.strip())
+    assert match, stderr
+    assert 1 <= int(match[2]) <= 5 and probe(out)["frames"] == int(match[2])
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mkv"]

@@ -46,9 +46,20 @@ def test_live_buffer_drops_oldest_when_consumer_is_slow():
 
 def test_live_buffer_keeps_everything_when_fast_enough():
     frames = (np.zeros((2, 2, 3), np.uint8) for _ in range(10))
-    buffer = LiveBuffer(Source(frames, Fraction(1000), live=True, name="t"), capacity=4, pace=True)
+    # 100 fps: a consumer 40 ms late (a loaded machine) still loses nothing
+    buffer = LiveBuffer(Source(frames, Fraction(100), live=True, name="t"), capacity=4, pace=True)
     assert sum(len(b) for b in buffer) == 10 and buffer.dropped == 0
 
+
+def test_buffer_without_drops_waits_for_a_slow_consumer():
+    frames = (np.full((2, 2, 3), i, np.uint8) for i in range(30))
+    buffer = LiveBuffer(Source(frames, Fraction(25), live=False, name="t"), capacity=4, pace=False, drop=False)
+    consumed = []
+    for batch in buffer:
+        assert len(batch) <= 4
+        consumed += [int(f[0, 0, 0]) for f in batch]
+        time.sleep(0.01)
+    assert consumed == list(range(30)) and buffer.dropped == 0
 
 def test_live_buffer_close_stops_the_reader_and_closes_the_source():
     closed = []
