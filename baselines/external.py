@@ -12,11 +12,14 @@ like any other method. An unconfigured method reports so (``personalive methods`
 from __future__ import annotations
 
 import abc
+import contextlib
 import json
 import os
 import shutil
+import signal
 import subprocess
 import tempfile
+import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import asdict, dataclass
@@ -296,36 +299,46 @@ class ExternalMethod(Method):
         from personalive_cli.faces.crop import resize
 
         work = Path(tempfile.mkdtemp(prefix=f"personalive-{self.name}-"))
-        ok = False
         try:
             inv = self.invocation(clip, work)
             log = work / "upstream.log"
             env = {**os.environ, **self.device_env(), **(inv.env or {})}
             started = time.time()
-            with open(log, "wb") as out:
-                try:
-                    proc = subprocess.run(inv.command, cwd=inv.cwd, env=env, stdout=out, stderr=subprocess.STDOUT,
-                                          timeout=self.timeout)
-                except subprocess.TimeoutExpired:
-                    raise UserError(f"{self.name} did not finish within {self.timeout} s (log: {log})") from None
-                except OSError as exc:
-                    raise UserError(f"cannot run {self.name}'s upstream code ({exc})") from None
-            if proc.returncode != 0:
-                tail = log.read_text(errors="replace").strip().splitlines()[-3:]
-                raise UserError(f"{self.name} upstream exited with status {proc.returncode}: "
-                                f"{' | '.join(tail) or '(no output)'} (full log: {log})")
+            code = self._run_upstream(inv, env, log)
+            if code != 0:
+                raise UserError(f"{self.name} upstream exited with status {code}: {_log_tail(log)}")
             video = self._find_output(inv.output, started, log)
             frames = read_frames(video)[inv.drop_leading:]
             if inv.select is not None:
                 frames = [inv.select(f) for f in frames]
             if frames and inv.repeat_leading:
                 frames = [frames[0]] * inv.repeat_leading + frames
-            frames = match_count([resize(f, self.size) for f in frames], len(clip.frames), self.name)
-            ok = True
-            return frames
+            return match_count([resize(f, self.size) for f in frames], len(clip.frames), self.name)
         finally:
-            if ok and not self.keep_workdir:
+            if not self.keep_workdir:
                 shutil.rmtree(work, ignore_errors=True)
+
+    def _run_upstream(self, inv: Invocation, env: dict[str, str], log: Path) -> int:
+        """Run the upstream command in its own session (its own process group), output into ``log``.
+        Unless it exits by itself, its whole group is stopped: on timeout, on an error here, and on
+        Ctrl-C or SIGTERM (which, during the run, raise KeyboardInterrupt here instead of ending Python
+        at once, so no upstream process outlives us)."""
+        with open(log, "wb") as out, _sigterm_interrupts():
+            try:
+                proc = subprocess.Popen(inv.command, cwd=inv.cwd, env=env, stdin=subprocess.DEVNULL, stdout=out,
+                                        stderr=subprocess.STDOUT, start_new_session=True)
+            except OSError as exc:
+                raise UserError(f"cannot run {self.name}'s upstream code ({exc})") from None
+            finished = False
+            try:
+                code = proc.wait(timeout=self.timeout)
+                finished = True
+                return code
+            except subprocess.TimeoutExpired:
+                raise UserError(f"{self.name} did not finish within {self.timeout} s: {_log_tail(log)}") from None
+            finally:
+                if not finished:
+                    kill_group(proc)
 
     def _find_output(self, output: Path, started: float, log: Path) -> Path:
         if output.is_file():
@@ -335,4 +348,48 @@ class ExternalMethod(Method):
                            key=lambda p: p.stat().st_mtime)
             if found:
                 return found[-1]
-        raise UserError(f"{self.name} finished but wrote no video in {output} (log: {log})")
+        raise UserError(f"{self.name} finished but wrote no video in {output}: {_log_tail(log)}")
+
+
+def kill_group(proc: subprocess.Popen, grace: float = 3.0) -> None:
+    """Stop a process started with ``start_new_session=True`` and everything in its group: SIGTERM,
+    ``grace`` seconds, then SIGKILL; the leader is reaped."""
+    for sig in (signal.SIGTERM, signal.SIGKILL):
+        try:
+            os.killpg(proc.pid, sig)
+        except ProcessLookupError:
+            break
+        if sig == signal.SIGTERM:
+            try:
+                proc.wait(grace)
+            except subprocess.TimeoutExpired:
+                pass
+    proc.wait()
+
+
+@contextlib.contextmanager
+def _sigterm_interrupts() -> Iterator[None]:
+    """While the upstream runs, SIGTERM raises KeyboardInterrupt (as Ctrl-C does) in the main thread,
+    so the clean-up runs; a handler someone else installed is left alone."""
+    if threading.current_thread() is not threading.main_thread() or signal.getsignal(signal.SIGTERM) != signal.SIG_DFL:
+        yield
+        return
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, signal.SIG_DFL)
+
+
+def _log_tail(log: Path, lines: int = 3) -> str:
+    """The last lines of the upstream's output, for an error message (its work folder is removed)."""
+    try:
+        tail = log.read_text(errors="replace").strip().splitlines()[-lines:]
+    except OSError:
+        tail = []
+    return " | ".join(line.strip() for line in tail) or "(no output)"
+

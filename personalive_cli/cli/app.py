@@ -278,7 +278,8 @@ def stream_cmd(
     if stats.closed:
         return
     dropped = f", {stats.dropped} dropped to keep up in real time" if stats.dropped else ""
-    err.print(f"stream: {stats.received} frames in, {stats.written} out{dropped}")
+    ended = ", interrupted" if stats.interrupted else ""  # Ctrl-C / SIGTERM end the stream: exit 0, output kept
+    err.print(f"stream: {stats.received} frames in, {stats.written} out{dropped}{ended}")
 
 
 from personalive_cli.cli.weights_cmd import mount as _mount_weights  # noqa: E402

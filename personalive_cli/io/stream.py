@@ -3,7 +3,9 @@
 from __future__ import annotations
 
 import collections
+import io
 import os
+import signal
 import subprocess
 import sys
 import threading
@@ -47,12 +49,23 @@ def _parse_size(text: str) -> tuple[int, int]:
         raise UserError(f"--input-size must look like 512x512, got {text!r}") from None
 
 
+def _stdin_reader() -> BinaryIO:
+    """A reader of its own on fd 0 (when nothing was read through ``sys.stdin`` yet): the source may be
+    read on a thread that is still blocked in a read when the interpreter exits, and exiting Python
+    must take the lock of ``sys.stdin.buffer`` (with it busy, it aborts), not of this one."""
+    try:
+        fd = sys.stdin.fileno()
+    except (AttributeError, ValueError, OSError):
+        return sys.stdin.buffer
+    return io.BufferedReader(io.FileIO(fd, "rb", closefd=False))
+
+
 def open_source(spec: str, input_format: str = "auto", input_size: str | None = None,
                 input_fps: float = 25.0, realtime: bool | None = None) -> Source:
     """``-`` (stdin: y4m, detected by its magic, or raw rgb24 with ``input_size``), a V4L2 device
     (``/dev/video0``) or a video file. ``realtime`` None: only webcams are live."""
     if spec == "-":
-        stdin: BinaryIO = sys.stdin.buffer
+        stdin: BinaryIO = _stdin_reader()
         head = stdin.peek(9)[:9] if hasattr(stdin, "peek") else b""
         fmt = input_format
         if fmt == "auto":
@@ -95,17 +108,21 @@ def open_source(spec: str, input_format: str = "auto", input_size: str | None = 
 
 class LiveBuffer:
     """Reads a source on a thread, paced to its fps, keeping at most ``capacity`` frames: when the
-    consumer falls behind, the oldest frames are dropped (and counted) so latency stays bounded."""
+    consumer falls behind, the oldest frames are dropped (and counted) so latency stays bounded; with
+    ``drop=False`` the reader waits for room instead (a source that is not live, read off the main
+    thread). :meth:`close` stops the reader (and closes the source's frames, with them its container)."""
 
-    def __init__(self, source: Source, capacity: int, pace: bool):
+    def __init__(self, source: Source, capacity: int, pace: bool, drop: bool = True):
         self.capacity = capacity
+        self.drop = drop
         self.dropped = 0
         self.received = 0
         self.error: BaseException | None = None
         self._frames: collections.deque = collections.deque()
         self._cond = threading.Condition()
         self._done = False
-        self._thread = threading.Thread(target=self._run, args=(source, pace), daemon=True)
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._run, args=(source, pace), daemon=True, name="live-reader")
         self._thread.start()
 
     def _run(self, source: Source, pace: bool) -> None:
@@ -114,9 +131,13 @@ class LiveBuffer:
             for i, frame in enumerate(source.frames):
                 if pace:
                     delay = start + float(i / source.fps) - time.monotonic()
-                    if delay > 0:
-                        time.sleep(delay)
+                    if delay > 0 and self._stop.wait(delay):
+                        break
+                if self._stop.is_set():
+                    break
                 with self._cond:
+                    while not self.drop and len(self._frames) >= self.capacity and not self._stop.is_set():
+                        self._cond.wait()
                     self._frames.append(frame)
                     self.received += 1
                     while len(self._frames) > self.capacity:
@@ -126,29 +147,47 @@ class LiveBuffer:
         except BaseException as exc:  # noqa: BLE001 - handed to the consumer thread
             self.error = exc
         finally:
+            close = getattr(source.frames, "close", None)
+            if close is not None:
+                try:
+                    close()
+                except Exception:  # noqa: BLE001 - a source failing to close must not hide the stream's end
+                    pass
             with self._cond:
                 self._done = True
-                self._cond.notify()
+                self._cond.notify_all()
+
+    def close(self, timeout: float = 2.0) -> None:
+        """Stop reading: the thread ends after the frame it is reading (a blocked stdin may outlive
+        ``timeout``; the thread is a daemon). Waiting frames are discarded."""
+        self._stop.set()
+        with self._cond:
+            self._frames.clear()
+            self._cond.notify_all()
+        if self._thread is not threading.current_thread():
+            self._thread.join(timeout)
 
     def __iter__(self) -> Iterator[list[np.ndarray]]:
-        """Batches of the frames available now (at least one), until the source ends."""
+        """Batches of the frames available now (at least one), until the source ends or :meth:`close`."""
         while True:
             with self._cond:
-                while not self._frames and not self._done:
+                while not self._frames and not self._done and not self._stop.is_set():
                     self._cond.wait()
                 batch = list(self._frames)
                 self._frames.clear()
-                done = self._done
+                self._cond.notify_all()  # room for a reader that waits instead of dropping
+                done = self._done or self._stop.is_set()
             if batch:
                 yield batch
             if done and not batch:
-                if self.error is not None:
+                if self.error is not None and not self._stop.is_set():
                     raise self.error
                 return
 
 
 class Sink:
-    """Where output frames go: ``y4m`` or ``rgb24`` bytes on a binary stream, or an ffmpeg process."""
+    """Where output frames go: ``y4m`` or ``rgb24`` bytes on a binary stream, or an ffmpeg process
+    (started in its own process group; its stderr is drained on a thread, the last lines kept)."""
 
     def __init__(self, out: BinaryIO, fmt: str, fps: Fraction, process: subprocess.Popen | None = None,
                  finalize: tuple[Path, Path] | None = None):
@@ -158,6 +197,27 @@ class Sink:
         self._header_written = False
         self.frames = 0
         self.closed = False
+        self._stderr_lines: collections.deque[str] = collections.deque(maxlen=20)
+        self._stderr_thread: threading.Thread | None = None
+        if process is not None and process.stderr is not None:
+            self._stderr_thread = threading.Thread(target=self._drain, args=(process.stderr,), daemon=True,
+                                                   name="ffmpeg-stderr")
+            self._stderr_thread.start()
+
+    def _drain(self, pipe: BinaryIO) -> None:
+        """Read ffmpeg's stderr as it comes: a full pipe would stall ffmpeg, and with it the stream."""
+        try:
+            for line in pipe:
+                text = line.decode(errors="replace").strip()
+                if text:
+                    self._stderr_lines.append(text)
+        except (OSError, ValueError):
+            pass
+        finally:
+            try:
+                pipe.close()
+            except OSError:
+                pass
 
     def write(self, frame: np.ndarray) -> None:
         frame = np.ascontiguousarray(frame, dtype=np.uint8)
@@ -170,18 +230,25 @@ class Sink:
                 self.out.write(f"YUV4MPEG2 W{w} H{h} F{fps.numerator}:{fps.denominator} Ip A1:1 C420jpeg\n".encode())
                 self._header_written = True
             yuv = av.VideoFrame.from_ndarray(frame, format="rgb24").reformat(format="yuv420p").to_ndarray()
-            self.out.write(b"FRAME\n")
-            self.out.write(yuv.tobytes())
+            self.out.write(b"FRAME\n" + yuv.tobytes())
         self.frames += 1
 
     def ffmpeg_error(self) -> str:
-        """ffmpeg's last stderr line (once it has exited)."""
-        if self.process is None or self.process.stderr is None:
-            return ""
-        lines = self.process.stderr.read().decode(errors="replace").strip().splitlines()
-        return lines[-1] if lines else ""
+        """ffmpeg's last stderr line (complete once it has exited and :meth:`close` ran)."""
+        return self._stderr_lines[-1] if self._stderr_lines else ""
 
-    def close(self, ok: bool = True) -> None:
+    def kill(self) -> None:
+        """Kill ffmpeg's whole process group (it runs in its own session), if it is still running."""
+        if self.process is not None and self.process.poll() is None:
+            try:
+                os.killpg(self.process.pid, signal.SIGKILL)
+            except ProcessLookupError:
+                pass
+
+    def close(self, ok: bool = True, timeout: float = 10.0) -> None:
+        """Flush; for ffmpeg: end its input, wait for it (``timeout`` s, then its group is killed) and move
+        the file into place when it succeeded with at least one frame (else the temporary file is removed).
+        ``ok=False`` (the stream failed): ffmpeg is killed at once and nothing is kept."""
         if self.closed:
             return
         self.closed = True
@@ -189,20 +256,30 @@ class Sink:
             self.out.flush()
         except (BrokenPipeError, ValueError):
             pass
-        if self.process is not None:
-            try:
-                self.out.close()
-            except BrokenPipeError:
-                pass
+        if self.process is None:
+            return
+        try:
+            self.out.close()
+        except (BrokenPipeError, ValueError):
+            pass
+        if not ok:
+            self.kill()
+        try:
+            code = self.process.wait(timeout)
+        except subprocess.TimeoutExpired:
+            self.kill()
             code = self.process.wait()
-            if self.finalize is not None:
-                tmp, final = self.finalize
-                if ok and code == 0 and self.frames:
-                    os.replace(tmp, final)
-                else:
-                    tmp.unlink(missing_ok=True)
-            if code != 0 and ok:
-                raise UserError(f"ffmpeg failed (exit {code}): {self.ffmpeg_error() or 'no message'}")
+            self._stderr_lines.append(f"did not finish within {timeout:g} s of the end of its input")
+        if self._stderr_thread is not None:
+            self._stderr_thread.join(2.0)
+        if self.finalize is not None:
+            tmp, final = self.finalize
+            if ok and code == 0 and self.frames:
+                os.replace(tmp, final)
+            else:
+                tmp.unlink(missing_ok=True)
+        if code != 0 and ok:
+            raise UserError(f"ffmpeg failed (exit {code}): {self.ffmpeg_error() or 'no message'}")
 
 
 def is_file_target(url: str) -> bool:
@@ -234,5 +311,13 @@ def ffmpeg_sink(url: str, fps: Fraction) -> Sink:
         if codec == "libvpx-vp9":
             cmd += ["-b:v", "0", "-row-mt", "1", "-deadline", "realtime", "-cpu-used", "8"]
     cmd.append(target)
-    process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stderr=subprocess.PIPE)
+    try:
+        # its own session: a Ctrl-C sent to the terminal's process group must not stop ffmpeg before it has
+        # finalised the file; the stream ends it by closing its input (and kills its group on failure)
+        process = subprocess.Popen(cmd, stdin=subprocess.PIPE, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE,
+                                   start_new_session=True)
+    except OSError as exc:
+        if finalize is not None:
+            finalize[0].unlink(missing_ok=True)
+        raise UserError(f"cannot start ffmpeg ({exc})") from None
     return Sink(process.stdin, "y4m", fps, process=process, finalize=finalize)

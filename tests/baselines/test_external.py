@@ -7,8 +7,11 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import subprocess
 import sys
+import threading
+import time
 from pathlib import Path
 
 import numpy as np
@@ -266,6 +269,8 @@ def test_external_session_collects_steps_and_invocation_is_abstract(tmp_path):
 
 
 def test_upstream_failure_is_one_clear_error(tmp_path):
+    import tempfile
+
     from baselines.external import configure
 
     repo = fake_repo(tmp_path, "megactor-sigma")
@@ -273,8 +278,10 @@ def test_upstream_failure_is_one_clear_error(tmp_path):
     configure("megactor-sigma", repo, sys.executable)
     session = registry.get("megactor-sigma")(size=64).start(np.zeros((64, 64, 3), np.uint8))
     list(session.push(np.zeros((3, 64, 64, 3), np.uint8)))
+    before = set(Path(tempfile.gettempdir()).glob("personalive-megactor-sigma-*"))
     with pytest.raises(UserError, match="exited with status 3: CUDA out of memory"):
         list(session.flush())
+    assert set(Path(tempfile.gettempdir()).glob("personalive-megactor-sigma-*")) == before  # work folder removed
 
 
 @pytest.fixture(scope="module")
@@ -312,3 +319,83 @@ def test_follow_your_emoji_template_from_the_demo_video(demo_drive, fye_task_mod
     # the face moves between frames; the canonical mesh is metric (centimetres), not normalised
     assert not np.array_equal(template[1]["lmks"], template[4]["lmks"])
     assert np.ptp(template[1]["lmks3d"][:, 0]) > 5
+
+
+HANGING_UPSTREAM = """import os, subprocess, sys, time
+child = subprocess.Popen([sys.executable, "-c", "import time; time.sleep(60)"])
+with open(os.environ["PID_FILE"] + ".tmp", "w") as f:
+    f.write(f"{os.getpid()} {child.pid}")
+os.replace(os.environ["PID_FILE"] + ".tmp", os.environ["PID_FILE"])
+print("started", flush=True)
+time.sleep(60)
+"""
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"
+
+
+@pytest.fixture
+def hanging_megactor(tmp_path, monkeypatch):
+    """A megactor-sigma whose upstream starts a child and never finishes; work folders go to tmp_path/tmp."""
+    import tempfile
+
+    from baselines.external import configure
+
+    repo = fake_repo(tmp_path, "megactor-sigma")
+    (repo / "eval_audio.py").write_text(HANGING_UPSTREAM)
+    configure("megactor-sigma", repo, sys.executable)
+    (tmp_path / "tmp").mkdir()
+    monkeypatch.setattr(tempfile, "tempdir", str(tmp_path / "tmp"))
+    monkeypatch.setenv("PID_FILE", str(tmp_path / "pids"))
+    return tmp_path
+
+
+def _assert_group_gone_and_no_workdir(root: Path) -> None:
+    pids = [int(p) for p in (root / "pids").read_text().split()]
+    deadline = time.monotonic() + 5
+    while any(_alive(p) for p in pids):
+        assert time.monotonic() < deadline, "an upstream process survived"
+        time.sleep(0.05)
+    assert list((root / "tmp").iterdir()) == []
+
+
+def test_upstream_timeout_kills_its_process_group_and_removes_the_work_folder(hanging_megactor):
+    session = registry.get("megactor-sigma")(size=64, timeout=1.5).start(np.zeros((64, 64, 3), np.uint8))
+    list(session.push(np.zeros((3, 64, 64, 3), np.uint8)))
+    with pytest.raises(UserError, match=r"did not finish within 1.5 s: started"):
+        list(session.flush())
+    _assert_group_gone_and_no_workdir(hanging_megactor)
+
+
+def test_interrupted_upstream_is_killed_with_its_children(hanging_megactor):
+    session = registry.get("megactor-sigma")(size=64).start(np.zeros((64, 64, 3), np.uint8))
+    list(session.push(np.zeros((3, 64, 64, 3), np.uint8)))
+    pid_file = hanging_megactor / "pids"
+
+    def interrupt_once_started():
+        deadline = time.monotonic() + 30
+        while not pid_file.exists() and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C: the upstream, in its own session, does not get it
+
+    threading.Thread(target=interrupt_once_started, daemon=True).start()
+    with pytest.raises(KeyboardInterrupt):
+        list(session.flush())
+    _assert_group_gone_and_no_workdir(hanging_megactor)
+
+
+def test_sigterm_interrupts_only_while_an_upstream_runs():
+    from baselines.external import _sigterm_interrupts
+
+    before = signal.getsignal(signal.SIGTERM)
+    if before != signal.SIG_DFL:
+        pytest.skip("a SIGTERM handler is installed already")
+    with pytest.raises(KeyboardInterrupt), _sigterm_interrupts():
+        os.kill(os.getpid(), signal.SIGTERM)
+        time.sleep(5)
+    assert signal.getsignal(signal.SIGTERM) == signal.SIG_DFL

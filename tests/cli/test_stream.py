@@ -1,9 +1,17 @@
 """`personalive stream` in shell pipelines, as users run it."""
 
+import io
+import os
+import re
+import signal
 import subprocess
 import sys
+import time
+from pathlib import Path
 
+import av
 import numpy as np
+import pytest
 from helpers import probe
 
 CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
@@ -46,9 +54,10 @@ def test_stream_raw_rgb24_stdin_needs_size(demo_ref):
     assert len(r.stdout) == 4 * 128 * 128 * 3
 
 
-def test_closed_pipe_ends_quietly(demo_ref, demo_drive):
+@pytest.mark.parametrize("pacing", ["", "--realtime"])
+def test_closed_pipe_ends_quietly(demo_ref, demo_drive, pacing):
     r = subprocess.run(f"{sys.executable} -m personalive_cli.cli.app stream --reference {demo_ref} "
-                       f"--source {demo_drive} --method still --size 128 | head -c 1000 > /dev/null; "
+                       f"--source {demo_drive} --method still --size 128 {pacing} | head -c 1000 > /dev/null; "
                        "echo ${PIPESTATUS[0]}", shell=True, executable="/bin/bash", capture_output=True, text=True)
     assert r.stdout.strip() == "0"
     assert "Traceback" not in r.stderr and "Error" not in r.stderr
@@ -88,3 +97,107 @@ def test_raw_stdin_with_zero_size(demo_ref):
     r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
                         "--crop", "none", "--input-size", "0x0"], input=b"\0" * 100, capture_output=True)
     _one_error_line(r, "must be positive")
+
+
+def _processes_naming(text: str) -> list[str]:
+    """Command lines of running processes that mention ``text`` (ffmpeg children outlive their parent
+    in their own session, so they are looked for everywhere, not only under the test)."""
+    found = []
+    for cmdline in Path("/proc").glob("[0-9]*/cmdline"):
+        try:
+            args = cmdline.read_bytes().replace(b"\0", b" ").decode(errors="replace")
+        except OSError:
+            continue
+        if text in args and "pytest" not in args:
+            found.append(args)
+    return found
+
+
+def _wait_for(predicate, timeout: float, proc: subprocess.Popen) -> None:
+    deadline = time.monotonic() + timeout
+    while not predicate():
+        assert proc.poll() is None, proc.stderr.read()
+        assert time.monotonic() < deadline, "timed out waiting for the stream to start"
+        time.sleep(0.05)
+
+
+@pytest.mark.parametrize("sig", ["SIGINT to the group", "SIGTERM"])
+def test_signal_mid_stream_keeps_the_file(tmp_path, demo_ref, demo_drive, ffmpeg, sig):
+    drive = tmp_path / "drive.mp4"  # 100 frames at 25 fps: 4 s when paced in real time
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "100", "-vf", "scale=128:128",
+                    str(drive)], check=True)
+    out = tmp_path / "live.mp4"
+    proc = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(drive), "--method",
+                             "still", "--crop", "none", "--size", "128", "--realtime", "--to", str(out)],
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
+    try:
+        _wait_for(lambda: any(tmp_path.glob(".live.*.part.mp4")), 60, proc)
+        time.sleep(0.8)  # some 20 frames in
+        if sig == "SIGTERM":
+            proc.send_signal(signal.SIGTERM)
+        else:  # what Ctrl-C in a terminal does: the whole foreground process group gets SIGINT
+            os.killpg(proc.pid, signal.SIGINT)
+        stderr = proc.communicate(timeout=30)[1]
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    last = stderr.strip().splitlines()[-1]
+    match = re.fullmatch(r"stream: (\d+) frames in, (\d+) out(, \d+ dropped to keep up in real time)?, interrupted",
+                         last)
+    assert match, stderr
+    received, written = int(match[1]), int(match[2])
+    assert 0 < written <= received < 100
+    assert probe(out)["frames"] == written  # every frame written is in the file, and it plays
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["drive.mp4", "live.mp4"]  # no temporary file left
+    assert _processes_naming(str(tmp_path)) == []  # no ffmpeg left behind
+
+
+def test_sigint_ends_a_y4m_stream_on_a_pipe_with_whole_frames(tmp_path, demo_ref, demo_drive, ffmpeg):
+    drive = tmp_path / "drive.mp4"
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "100", "-vf", "scale=128:128",
+                    str(drive)], check=True)
+    proc = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(drive), "--method",
+                             "still", "--crop", "none", "--size", "128", "--realtime"],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, start_new_session=True)
+    try:
+        header = proc.stdout.readline()
+        assert header.startswith(b"YUV4MPEG2 W128 H128 F25:1"), proc.stderr.read()
+        head = proc.stdout.read(5 * (6 + 128 * 128 * 3 // 2))  # five frames in: the stream is running
+        os.killpg(proc.pid, signal.SIGINT)
+        rest, stderr = proc.communicate(timeout=30)
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    match = re.search(rb"stream: (\d+) frames in, (\d+) out.*, interrupted\n\Z", stderr)
+    assert match, stderr
+    body = head + rest
+    assert len(body) == int(match[2]) * (6 + 128 * 128 * 3 // 2) and 5 <= int(match[2]) < 100  # no half frame
+    with av.open(io.BytesIO(header + body), format="yuv4mpegpipe") as c:
+        assert sum(1 for _ in c.decode(video=0)) == int(match[2])
+
+
+def test_sigterm_while_stdin_waits_keeps_the_file(tmp_path, demo_ref, demo_drive, ffmpeg):
+    # stdin that delivers a few frames, then stays open with nothing more: the stream sits in a read
+    y4m = subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "5", "-vf",
+                          "scale=128:128", "-f", "yuv4mpegpipe", "-"], capture_output=True, check=True).stdout
+    out = tmp_path / "live.mkv"
+    proc = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
+                             "--crop", "none", "--size", "128", "--to", str(out)],
+                            stdin=subprocess.PIPE, stderr=subprocess.PIPE, text=False, start_new_session=True)
+    try:
+        proc.stdin.write(y4m)
+        proc.stdin.flush()
+        _wait_for(lambda: any(tmp_path.glob(".live.*.part.mkv")), 60, proc)
+        time.sleep(1.0)
+        proc.send_signal(signal.SIGTERM)
+        stderr = proc.communicate(timeout=30)[1].decode()
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+    assert proc.returncode == 0, stderr
+    match = re.fullmatch(r"stream: (\d+) frames in, (\d+) out, interrupted", stderr.strip())
+    assert match, stderr
+    assert 1 <= int(match[2]) <= 5 and probe(out)["frames"] == int(match[2])
+    assert [p.name for p in tmp_path.iterdir()] == ["live.mkv"]
