@@ -25,7 +25,7 @@ LANDMARK_SCALE, LANDMARK_VY, LANDMARK_SIZE = 1.5, -0.1, 224
 DET_SIZE, DET_THRESH, NMS_THRESH = 512, 0.15, 0.4
 
 
-def _cv2():
+def load_cv2():
     try:
         import cv2
     except ImportError:
@@ -89,7 +89,7 @@ def crop_matrix(centre: np.ndarray, side: float, angle: float, dsize: int) -> np
 
 
 def warp(image: np.ndarray, matrix: np.ndarray, width: int, height: int) -> np.ndarray:
-    cv2 = _cv2()
+    cv2 = load_cv2()
     return cv2.warpAffine(image, np.ascontiguousarray(matrix[:2], dtype=np.float64), (width, height),
                           flags=cv2.INTER_LINEAR, borderMode=cv2.BORDER_CONSTANT, borderValue=0)
 
@@ -150,7 +150,7 @@ class FaceDetectorSCRFD:
         self.threshold = threshold
 
     def detect(self, rgb: np.ndarray) -> np.ndarray:
-        cv2 = _cv2()
+        cv2 = load_cv2()
         h, w = rgb.shape[:2]
         if h / w > 1:
             new_h, new_w = DET_SIZE, int(DET_SIZE / (h / w))
@@ -212,7 +212,7 @@ class Landmark106:
         self.mean, self.std = _input_normalisation(path)
 
     def run(self, rgb: np.ndarray, box: np.ndarray) -> np.ndarray:
-        cv2 = _cv2()
+        cv2 = load_cv2()
         w, h = box[2] - box[0], box[3] - box[1]
         cx, cy = (box[0] + box[2]) / 2, (box[1] + box[3]) / 2
         s = self.size / (max(w, h) * 1.5)

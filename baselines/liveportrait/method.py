@@ -40,7 +40,7 @@ LIP_NORMALIZE_THRESHOLD = 0.03
 
 def _to_input(rgb: np.ndarray, interpolation: str, device, dtype) -> torch.Tensor:
     """uint8 (h, w, 3) -> (1, 3, 256, 256) in [0, 1] (INTER_AREA for the source crop, bilinear for driving)."""
-    cv2 = crops._cv2()
+    cv2 = crops.load_cv2()
     flag = cv2.INTER_AREA if interpolation == "area" else cv2.INTER_LINEAR
     if rgb.shape[:2] != (INPUT_SIZE, INPUT_SIZE):
         rgb = cv2.resize(np.ascontiguousarray(rgb), (INPUT_SIZE, INPUT_SIZE), interpolation=flag)
@@ -135,7 +135,7 @@ class LivePortraitSession(Session):
 def _resize(image: np.ndarray, size: int) -> np.ndarray:
     if image.shape[0] == size and image.shape[1] == size:
         return image
-    cv2 = crops._cv2()
+    cv2 = crops.load_cv2()
     flag = cv2.INTER_AREA if size < image.shape[0] else cv2.INTER_LINEAR
     return cv2.resize(image, (size, size), interpolation=flag)
 
