@@ -77,3 +77,19 @@ def write_vfr_video(path: Path, n: int = 66, seconds: float = 4.0, size: int = 9
                         str(path)], check=True)
         video.unlink()
     return path
+
+
+def invoke(*args, env: dict | None = None):
+    """Run ``personalive ARGS`` in this process, as a user types it (Typer's runner): a
+    ``subprocess.run``-like result (returncode, stdout, stderr). For everything not about pipes or
+    signals: a new process would spend seconds importing torch for nothing."""
+    from types import SimpleNamespace
+
+    from typer.testing import CliRunner
+
+    from personalive_cli.cli.app import app
+
+    r = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    if r.exception is not None and not isinstance(r.exception, SystemExit):
+        raise r.exception
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)

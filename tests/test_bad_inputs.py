@@ -278,6 +278,12 @@ def test_bad_input(name, media, tmp_path, monkeypatch):
     assert _state(out) == before, "the output folder changed"
     assert _state(media.dir) == inputs_before, "an input was touched"
     assert r.stdout == ""
+    print(f"\nCASE|{name}|personalive {' '.join(_shown(a, media, out) for a in args)}|{r.exit_code}|{errors[0]}")
+
+
+def _shown(arg: str, media: SimpleNamespace, out: Path) -> str:
+    """A command-line word as the closing table shows it (temporary folders shortened)."""
+    return arg.replace(str(media.dir) + "/", "").replace(str(out) + "/", "out/").replace(str(out), "out")
 
 
 def test_at_least_35_cases():

@@ -1,14 +1,11 @@
-"""`personalive animate`, run as a user runs it (a subprocess of the installed command)."""
-
-import subprocess
-import sys
-
-from helpers import make_driving_with_audio, probe
+"""`personalive animate`, run as a user types it (in-process: no pipe or signal involved)."""
 
 
-def run_cli(*args, **kw):
-    return subprocess.run([sys.executable, "-m", "personalive_cli.cli.app", *map(str, args)],
-                          capture_output=True, text=True, **kw)
+from helpers import invoke, make_driving_with_audio, probe
+
+
+def run_cli(*args):
+    return invoke(*args)
 
 
 def test_animate_still_100_frames(tmp_path, demo_ref, demo_drive):

@@ -1,19 +1,14 @@
-"""LivePortrait through the command line, as a user runs it (subprocesses of the installed command)."""
+"""LivePortrait through the command line, as a user runs it (in-process: no pipe or signal involved)."""
 
 from __future__ import annotations
 
 import json
-import os
-import subprocess
-import sys
 
-from helpers import probe
+from helpers import invoke, probe
 
 
 def run_cli(*args, env=None):
-    # one torch thread: faster than two on a loaded 2-core machine
-    return subprocess.run([sys.executable, "-m", "personalive_cli.cli.app", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, "OMP_NUM_THREADS": "1", **(env or {})})
+    return invoke(*args, env=env)
 
 
 def test_animate_with_a_tiny_official_layout_folder(tmp_path, demo_ref, demo_drive):
