@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import make_driving_with_audio, probe
+from helpers import invoke, make_driving_with_audio, probe
 
 from personalive_cli import registry
 from personalive_cli.errors import UserError
@@ -64,8 +64,7 @@ def recorded(tmp_path: Path) -> dict:
 
 
 def run_cli(*args, env=None):
-    return subprocess.run([sys.executable, "-m", "personalive_cli.cli.app", *map(str, args)], capture_output=True,
-                          text=True, env={**os.environ, **(env or {})})
+    return invoke(*args, env=env)  # in-process: the upstream stand-ins are the only subprocesses here
 
 
 def test_methods_lists_all_six_with_setup_steps():
