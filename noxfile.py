@@ -25,7 +25,7 @@ def slow(session: nox.Session) -> None:
 
 # The lowest version of every dependency pyproject.toml allows (keep in step with its lower bounds).
 LOWEST = ["diffusers==0.27.0", "transformers==4.36.0", "huggingface_hub==0.23.0", "safetensors==0.4.0",
-          "numpy==1.24.4", "pillow==9.5.0", "av==12.0.0", "imageio-ffmpeg==0.5.0", "typer==0.12.0",
+          "numpy==1.24.4", "pillow==9.5.0", "av==15.0.0", "imageio-ffmpeg==0.5.0", "typer==0.13.0",
           "rich==13.0.0", "pandas==2.0.0", "pyyaml==6.0"]
 LOWEST_TORCH = ["torch==2.1.2", "torchvision==0.16.2"]
 
