@@ -16,13 +16,23 @@ diffusers' `Attention` (SDPA processor by default) and `FeedForward` (GEGLU), wh
 
 from __future__ import annotations
 
+import dataclasses
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from personalive_cli.models.modeling_utils import (
+    CheckpointedModule,
+    PersonaLiveModelMixin,
+    accepts_config_dataclass,
+    dataclass_from_config,
+)
 
 __all__ = [
     "MotionEncoder",
@@ -111,6 +121,9 @@ class MotionEncoderConfig:
     @property
     def num_tokens(self) -> int:
         return self.feature_dim // self.token_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     @property
     def inner_dim(self) -> int:
@@ -260,7 +273,7 @@ class SpatialTransformerBlock(nn.Module):
         return self.ff(self.ff_norm(x)) + x
 
 
-class PatchSelfAttention(nn.Module):
+class PatchSelfAttention(CheckpointedModule):
     """`att_k`: GroupNorm(eps 1e-6) -> patch embed (+ sin-cos) -> one transformer block -> each token split
     into patch x patch sub-pixels (features ordered (p, q, c), c fastest) -> Linear to C (`proj_out`) ->
     pixels scattered back (token (h, w), sub-pixel (p, q) -> pixel (h*P + p, w*P + q)) -> + input."""
@@ -279,6 +292,11 @@ class PatchSelfAttention(nn.Module):
             nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Checkpointed as a whole: the attention maps are the memory peak of the encoder in training, and
+        # nothing in here has running statistics (unlike the BatchNorm trunk, which is never recomputed).
+        return self.checkpointed(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         p = self.patch_size
         tokens = self.pos_embed(self.norm(x))
@@ -333,24 +351,44 @@ class FANEncoder(nn.Module):
 # Public module
 
 
-class MotionEncoder(nn.Module):
+class MotionEncoder(PersonaLiveModelMixin, ModelMixin, ConfigMixin):
     """Face crops (b, 3, f, S, S) in [-1, 1] -> motion tokens (b, f, num_tokens, token_dim) = (b, f, 32, 16).
 
     A 4-D input (n, 3, S, S) gives (n, 32, 16). The input is cast to the weights' dtype. The output includes
-    the fixed `pe` table (the HKM distance in the streaming engine is computed on these values).
+    the fixed `pe` table (the HKM distance in the streaming engine is computed on these values). Arguments:
+    the fields of `MotionEncoderConfig` (validated by it).
     """
 
-    def __init__(self, config: MotionEncoderConfig | None = None) -> None:
+    @accepts_config_dataclass(MotionEncoderConfig)
+    @register_to_config
+    def __init__(
+        self,
+        image_size: int = 224,
+        stem_channels: int = 64,
+        mid_channels: int = 128,
+        hourglass_channels: int = 256,
+        hourglass_depth: int = 4,
+        heatmap_channels: int = 68,
+        feature_dim: int = 512,
+        token_dim: int = 16,
+        attention_heads: int = 8,
+        attention_head_dim: int = 128,
+        norm_num_groups: int = 32,
+        patch_sizes: tuple[int, int, int] = (4, 2, 2),
+        zero_init_attention_out: bool = True,
+    ) -> None:
         super().__init__()
-        self.config = config = config or MotionEncoderConfig()
+        config = dataclass_from_config(MotionEncoderConfig, self.config)
         config.validate()
+        self.register_to_config(patch_sizes=config.patch_sizes)
+        self.num_tokens = config.num_tokens
         pe = sincos_embedding_1d(config.token_dim, torch.arange(config.num_tokens, dtype=torch.float64))
         self.register_buffer("pe", pe.to(torch.float32).unsqueeze(0))  # (1, 32, 16), in the checkpoint
         self.model = FANEncoder(config)
         self.final_proj = nn.Linear(config.feature_dim, config.feature_dim)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
+        size, token_dim = self.config.image_size, self.config.token_dim
         if faces.ndim == 5:
             b, c, f, h, w = faces.shape
             x = faces.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
@@ -358,10 +396,11 @@ class MotionEncoder(nn.Module):
             x = faces
         else:
             raise ValueError(f"expected (b, 3, f, h, w) or (n, 3, h, w) faces, got {tuple(faces.shape)}")
-        if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"face crops must be {cfg.image_size}x{cfg.image_size}, got {tuple(x.shape[-2:])}")
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"face crops must be {size}x{size}, got {tuple(x.shape[-2:])}")
         x = x.to(self.final_proj.weight.dtype)
-        tokens = self.final_proj(self.model(x)).reshape(-1, cfg.num_tokens, cfg.token_dim) + self.pe
+        tokens = self.final_proj(self.model(x)).reshape(-1, self.num_tokens, token_dim) + self.pe
         if faces.ndim == 5:
-            tokens = tokens.reshape(b, f, cfg.num_tokens, cfg.token_dim)
+            tokens = tokens.reshape(b, f, self.num_tokens, token_dim)
         return tokens
+

@@ -39,15 +39,15 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
-from personalive_cli.models.keypoint_extractor import (
-    KeypointInfo,
+from personalive_cli.models.keypoint_extractor import KeypointInfo
+from personalive_cli.models.scheduler import StreamScheduler
+from personalive_cli.pipeline.keypoints import (
     crop_faces,
     draw_keypoints,
     face_boxes,
     first_call_keypoints,
     transfer_keypoints,
 )
-from personalive_cli.models.scheduler import StreamScheduler
 
 CHUNK = 4                      # frames per chunk (the micro-chunk)
 TIMESTEPS = (0, 333, 666, 999)  # window chunks, oldest (cleanest) first
