@@ -215,6 +215,16 @@ class UNetBase(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, Confi
         self._block_names = tuple(spatial_block_names(self))
         self.set_attention_backend("sdpa")
 
+    # ModelMixin's dtype/device walk every submodule (looking for casting hooks) on each access; these are
+    # read on every forward of a real-time stream, so they come from conv_in directly.
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.conv_in.weight.dtype
+
+    @property
+    def device(self) -> torch.device:
+        return self.conv_in.weight.device
+
     def attention_block_names(self) -> list[str]:
         """Module paths of the spatial transformer blocks (= bank names), e.g.
         "down_blocks.0.attentions.0.transformer_blocks.0"; order: down, mid, up."""

@@ -28,6 +28,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from personalive_cli.models.attention_processor import AttentionProcessorMixin
 from personalive_cli.models.modeling_utils import (
     CheckpointedModule,
     PersonaLiveModelMixin,
@@ -234,7 +235,7 @@ class ConvNeXtV2Detector(nn.Module):
         return out
 
 
-class KeypointExtractor(PersonaLiveModelMixin, ModelMixin, ConfigMixin):
+class KeypointExtractor(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, ConfigMixin):
     """Images (n, 3, 256, 256) RGB in [0, 1] -> KeypointInfo (kp (n,21,3), degrees (n,), t, scale[, exp]).
 
     The input is cast to the weights' dtype; outputs are in that dtype. Loading accepts PersonaLive's extra

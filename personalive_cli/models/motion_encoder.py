@@ -27,6 +27,7 @@ from diffusers.models.attention_processor import Attention
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from personalive_cli.models.attention_processor import AttentionProcessorMixin
 from personalive_cli.models.modeling_utils import (
     CheckpointedModule,
     PersonaLiveModelMixin,
@@ -351,7 +352,7 @@ class FANEncoder(nn.Module):
 # Public module
 
 
-class MotionEncoder(PersonaLiveModelMixin, ModelMixin, ConfigMixin):
+class MotionEncoder(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, ConfigMixin):
     """Face crops (b, 3, f, S, S) in [-1, 1] -> motion tokens (b, f, num_tokens, token_dim) = (b, f, 32, 16).
 
     A 4-D input (n, 3, S, S) gives (n, 32, 16). The input is cast to the weights' dtype. The output includes

@@ -21,6 +21,7 @@ from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
+from personalive_cli.models.attention_processor import AttentionProcessorMixin
 from personalive_cli.models.modeling_utils import (
     CheckpointedModule,
     PersonaLiveModelMixin,
@@ -53,7 +54,7 @@ class PoseGuiderConfig:
         return cls(block_out_channels=(4, 8, 8, 16), out_channels=out_channels)
 
 
-class PoseGuider(PersonaLiveModelMixin, ModelMixin, ConfigMixin):
+class PoseGuider(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, ConfigMixin):
     """Canvas (b, 3, f, H, W) in [0, 1] -> pose feature (b, out_channels, f, H/8, W/8).
 
     A 4-D input (n, 3, H, W) is treated as n independent frames and gives (n, out_channels, H/8, W/8).

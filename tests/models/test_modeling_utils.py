@@ -190,3 +190,19 @@ def test_config_dataclass_round_trip():
     cfg = DenoisingUNetConfig.tiny()
     assert dataclasses.replace(cfg) == cfg
     assert DenoisingUNet(cfg).config.block_out_channels == cfg.block_out_channels  # tuples, not lists
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_every_model_has_attention_processors(name):
+    from diffusers.models.attention_processor import AttnProcessor
+
+    model, run = _build(name)
+    procs = model.attn_processors
+    assert (len(procs) > 0) == (name in ("motion_encoder", "reference_unet", "denoising_unet"))
+    if name == "denoising_unet":
+        return  # the reference processors are covered by test_attention_processor.py
+    with torch.no_grad():
+        before = run(model)
+        model.set_attn_processor(AttnProcessor())
+        after = run(model)
+    torch.testing.assert_close(before, after, rtol=1e-5, atol=1e-5)
