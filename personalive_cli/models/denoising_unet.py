@@ -211,7 +211,10 @@ class UNetBase(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, Confi
     """What both UNets share: the diffusers model mixins, attention processors and the names of the spatial
     transformer blocks (identical in both, so banks pair by name)."""
 
-    def _finish_build(self) -> None:
+    def build_body(self, cfg: DenoisingUNetConfig, video: bool) -> None:
+        """Build the SD-1.5 body on this model (called once by the subclass ``__init__``): conv_in, time
+        embedding, down/mid/up blocks (with motion/temporal modules if ``video``), then the SDPA processors."""
+        build_unet_body(self, cfg, video)
         self._block_names = tuple(spatial_block_names(self))
         self.set_attention_backend("sdpa")
 
@@ -266,12 +269,11 @@ class DenoisingUNet(UNetBase):
         super().__init__()
         cfg = dataclass_from_config(DenoisingUNetConfig, self.config)
         self.register_to_config(**cfg.to_dict())  # JSON lists back to tuples
-        build_unet_body(self, cfg, video=True)
+        self.build_body(cfg, video=True)
         c0 = cfg.block_out_channels[0]
         self.conv_norm_out = nn.GroupNorm(cfg.norm_num_groups, c0, eps=cfg.norm_eps)
         self.conv_act = nn.SiLU()
         self.conv_out = nn.Conv2d(c0, cfg.out_channels, kernel_size=3, padding=1)
-        self._finish_build()
 
     def reference_attention_names(self) -> list[str]:
         """The self-attention (attn1) of every spatial transformer block."""

@@ -21,7 +21,7 @@ from diffusers.configuration_utils import register_to_config
 
 from personalive_cli.models.denoising_unet import DenoisingUNetConfig, UNetBase
 from personalive_cli.models.modeling_utils import accepts_config_dataclass, dataclass_from_config
-from personalive_cli.models.unet_blocks import UNetConditioning, bank_tokens, build_unet_body, time_embedding
+from personalive_cli.models.unet_blocks import UNetConditioning, bank_tokens, time_embedding
 
 __all__ = ["ReferenceUNet"]
 
@@ -55,8 +55,7 @@ class ReferenceUNet(UNetBase):
         super().__init__()
         cfg = dataclass_from_config(DenoisingUNetConfig, self.config)
         self.register_to_config(**cfg.spatial_dict())  # JSON lists back to tuples
-        build_unet_body(self, cfg, video=False)
-        self._finish_build()
+        self.build_body(cfg, video=False)
 
     def forward(
         self, latent: torch.Tensor, clip_embeds: torch.Tensor, timestep: torch.Tensor | float | int = 0
@@ -68,7 +67,7 @@ class ReferenceUNet(UNetBase):
         """
         b = latent.shape[0]
         dtype = self.dtype
-        names = self._block_names
+        names = self.attention_block_names()
         banks: dict[str, torch.Tensor] = {}
         hooks = [
             self.get_submodule(name).norm1.register_forward_hook(

@@ -163,7 +163,9 @@ def test_engine_with_keyframes_equals_unbatched_recomputation(tiny_models, input
     assert added == want_added == [False] * 4 + [True] * 2 + [False]  # steps 5 and 6 attend to keyframes
     for o, w in zip(outs, want, strict=True):
         torch.testing.assert_close(o.latents, w, atol=2e-4, rtol=1e-4)
-    # the keyframes matter: without them the last chunk is different
+    if compare != "emitted" or not fp16_banks:
+        return
+    # the keyframes matter: without them the last chunk is different (checked once, it costs a run)
     queue[:] = list(noises)
     plain = StreamEngine(tiny_models, size=SIZE, noise=lambda shape: queue.pop(0),
                          options=EngineOptions(**{**options, "keyframes": False}))
