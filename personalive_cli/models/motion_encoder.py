@@ -11,12 +11,18 @@ FAN under `model.` (`conv1`, `bn1`, `conv2..4`, `m0.*` hourglass, `top_m_0`, `co
 file: it is regenerated here (cached per grid and device, never part of the state dict).
 
 BatchNorms use their running statistics in `eval()` mode, as at inference. Attention and feed-forward are
-diffusers' `Attention` (SDPA processor by default) and `FeedForward` (GEGLU), whose key names match.
+diffusers' `Attention` (SDPA processor by default; ``set_attn_processor`` changes it) and `FeedForward`
+(GEGLU), whose key names match; the sin-cos tables are diffusers' functions. The FAN trunk (ConvBlock,
+HourGlass) has no diffusers counterpart.
+
+The model is a diffusers model (``from_pretrained`` / ``save_pretrained``, gradient checkpointing of the
+three attention branches); `MotionEncoderConfig` is the same architecture as data, with its validation.
 """
 
 from __future__ import annotations
 
 import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
@@ -24,6 +30,7 @@ import torch.nn.functional as F
 from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid, get_2d_sincos_pos_embed
 from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
 
@@ -47,23 +54,31 @@ __all__ = [
 # Fixed sin-cos tables
 
 
-def sincos_embedding_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """Sin-cos table for 1-D positions.
+# diffusers >= 0.32 builds the tables with torch (``output_type="pt"``); older versions return numpy.
+_TORCH_TABLES = "output_type" in inspect.signature(get_2d_sincos_pos_embed).parameters
+_TABLE_KWARGS = {"output_type": "pt"} if _TORCH_TABLES else {}
 
-    positions: (L,) any real dtype. Returns (L, dim) float64: entry [m, k] = sin(pos_m * w_k) for k < dim/2
-    and cos(pos_m * w_{k - dim/2}) after, with w_k = 10000 ** (-k / (dim/2)).
+
+def sincos_embedding_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Sin-cos table for 1-D positions (diffusers' ``get_1d_sincos_pos_embed_from_grid``).
+
+    positions: (L,) any real dtype. Returns (L, dim) float64 on the positions' device: entry [m, k] =
+    sin(pos_m * w_k) for k < dim/2 and cos(pos_m * w_{k - dim/2}) after, with w_k = 10000 ** (-k / (dim/2)).
     """
     if dim % 2:
         raise ValueError(f"embedding width must be even, got {dim}")
-    half = dim // 2
-    omega = 1.0 / 10000.0 ** (torch.arange(half, dtype=torch.float64, device=positions.device) / half)
-    angles = positions.to(torch.float64)[:, None] * omega[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    pos = positions.detach().to(torch.float64)
+    if _TORCH_TABLES:  # on the positions' device (the meta device included: a model built for loading)
+        return get_1d_sincos_pos_embed_from_grid(dim, pos, **_TABLE_KWARGS).to(torch.float64)
+    if pos.device.type == "meta":
+        return torch.empty(pos.shape[0], dim, dtype=torch.float64, device="meta")
+    return torch.as_tensor(get_1d_sincos_pos_embed_from_grid(dim, pos.cpu().numpy())).to(pos.device)
 
 
 def sincos_embedding_2d(dim: int, grid_h: int, grid_w: int, base_size: int | None = None,
                         device: torch.device | str | None = "cpu") -> torch.Tensor:
-    """2-D sin-cos table of a (grid_h, grid_w) token grid in row-major order (token = row * grid_w + col).
+    """2-D sin-cos table of a (grid_h, grid_w) token grid in row-major order (token = row * grid_w + col)
+    (diffusers' ``get_2d_sincos_pos_embed``, interpolation scale 1).
 
     Returns (grid_h * grid_w, dim) float32. The first dim/2 channels encode the column, the last dim/2 the
     row, each as `sincos_embedding_1d`. Positions are index / (grid / base_size) (diffusers' PatchEmbed
@@ -72,14 +87,8 @@ def sincos_embedding_2d(dim: int, grid_h: int, grid_w: int, base_size: int | Non
     if dim % 4:
         raise ValueError(f"2-D embedding width must be a multiple of 4, got {dim}")
     base = grid_h if base_size is None else base_size
-    rows = torch.arange(grid_h, dtype=torch.float64, device=device) / (grid_h / base)
-    cols = torch.arange(grid_w, dtype=torch.float64, device=device) / (grid_w / base)
-    col_emb = sincos_embedding_1d(dim // 2, cols)  # (W, dim/2)
-    row_emb = sincos_embedding_1d(dim // 2, rows)  # (H, dim/2)
-    table = torch.cat(
-        [col_emb[None, :, :].expand(grid_h, -1, -1), row_emb[:, None, :].expand(-1, grid_w, -1)], dim=-1
-    )
-    return table.reshape(grid_h * grid_w, dim).to(torch.float32)
+    table = get_2d_sincos_pos_embed(dim, (grid_h, grid_w), base_size=base, interpolation_scale=1.0, **_TABLE_KWARGS)
+    return torch.as_tensor(table).to(device=device, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -229,10 +238,12 @@ class HourGlass(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv patchify (kernel = stride = patch) to (n, tokens, dim) plus a fixed 2-D sin-cos table.
 
-    Same key (`proj`) and the same maths as diffusers' PatchEmbed with interpolation_scale 1, but the table
-    is computed on demand (cached per grid and device) instead of living in a buffer, so a module built on
-    the meta device and filled by `load_state_dict(assign=True)` needs no extra step. The table is fp32;
-    the sum is cast back to the tokens' dtype, as diffusers does.
+    Same key (`proj`), the same table (`sincos_embedding_2d`, diffusers' function) and the same sum as
+    diffusers' `PatchEmbed` with interpolation scale 1. Not that module itself, for two reasons: its table
+    is a (non-persistent) buffer, so casting the model to fp16 would round the table and add in fp16
+    (here the table stays fp32 and the sum is cast back to the tokens' dtype; switching would change fp16
+    outputs), and a module built on the meta device and filled by `load_state_dict(assign=True)` would keep it on
+    meta. The table is computed on demand, cached per grid and device.
     """
 
     def __init__(self, in_channels: int, dim: int, patch_size: int, base_size: int) -> None:
