@@ -94,3 +94,32 @@ def test_attention_backend_switch():
         assert any(isinstance(p, XFormersReferenceAttnProcessor) for p in model.attn_processors.values())
     model.set_attention_backend("sdpa")
     assert model.attention_backend == "sdpa"
+
+
+def test_xformers_reference_processor_layout(monkeypatch):
+    """The xformers processor's reshapes and scale, checked against the SDPA one with a stand-in for
+    ``xformers.ops.memory_efficient_attention`` ((B, L, H, D) layout) where xformers is not installed."""
+    import sys
+    import types
+
+    if importlib.util.find_spec("xformers") is None:
+        def memory_efficient_attention(q, k, v, op=None, scale=None):
+            w = torch.softmax(torch.einsum("blhd,bmhd->bhlm", q, k) * scale, dim=-1)
+            return torch.einsum("bhlm,bmhd->blhd", w, v)
+
+        ops = types.ModuleType("xformers.ops")
+        ops.memory_efficient_attention = memory_efficient_attention
+        package = types.ModuleType("xformers")
+        package.ops = ops
+        monkeypatch.setitem(sys.modules, "xformers", package)
+        monkeypatch.setitem(sys.modules, "xformers.ops", ops)
+    torch.manual_seed(0)
+    attn = Attention(query_dim=32, heads=4, dim_head=8).eval()
+    x, bank = torch.randn(4, 10, 32), torch.randn(1, 7, 32)
+    kv = (attn.to_k(bank), attn.to_v(bank))
+    with torch.no_grad(), bind_reference_kv(attn, kv):
+        attn.set_processor(XFormersReferenceAttnProcessor())
+        got = attn(x)
+        attn.set_processor(ReferenceAttnProcessor2_0())
+        want = attn(x)
+    torch.testing.assert_close(got, want, atol=1e-5, rtol=1e-5)
