@@ -11,18 +11,36 @@ FAN under `model.` (`conv1`, `bn1`, `conv2..4`, `m0.*` hourglass, `top_m_0`, `co
 file: it is regenerated here (cached per grid and device, never part of the state dict).
 
 BatchNorms use their running statistics in `eval()` mode, as at inference. Attention and feed-forward are
-diffusers' `Attention` (SDPA processor by default) and `FeedForward` (GEGLU), whose key names match.
+diffusers' `Attention` (SDPA processor by default; ``set_attn_processor`` changes it) and `FeedForward`
+(GEGLU), whose key names match; the sin-cos tables are diffusers' functions. The FAN trunk (ConvBlock,
+HourGlass) has no diffusers counterpart.
+
+The model is a diffusers model (``from_pretrained`` / ``save_pretrained``, gradient checkpointing of the
+three attention branches); `MotionEncoderConfig` is the same architecture as data, with its validation.
 """
 
 from __future__ import annotations
 
+import dataclasses
+import inspect
 from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from diffusers.configuration_utils import ConfigMixin, register_to_config
 from diffusers.models.attention import FeedForward
 from diffusers.models.attention_processor import Attention
+from diffusers.models.embeddings import get_1d_sincos_pos_embed_from_grid, get_2d_sincos_pos_embed
+from diffusers.models.modeling_utils import ModelMixin
 from torch import nn
+
+from personalive_cli.models.attention_processor import AttentionProcessorMixin
+from personalive_cli.models.modeling_utils import (
+    CheckpointedModule,
+    PersonaLiveModelMixin,
+    accepts_config_dataclass,
+    dataclass_from_config,
+)
 
 __all__ = [
     "MotionEncoder",
@@ -36,23 +54,31 @@ __all__ = [
 # Fixed sin-cos tables
 
 
-def sincos_embedding_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
-    """Sin-cos table for 1-D positions.
+# diffusers >= 0.32 builds the tables with torch (``output_type="pt"``); older versions return numpy.
+_TORCH_TABLES = "output_type" in inspect.signature(get_2d_sincos_pos_embed).parameters
+_TABLE_KWARGS = {"output_type": "pt"} if _TORCH_TABLES else {}
 
-    positions: (L,) any real dtype. Returns (L, dim) float64: entry [m, k] = sin(pos_m * w_k) for k < dim/2
-    and cos(pos_m * w_{k - dim/2}) after, with w_k = 10000 ** (-k / (dim/2)).
+
+def sincos_embedding_1d(dim: int, positions: torch.Tensor) -> torch.Tensor:
+    """Sin-cos table for 1-D positions (diffusers' ``get_1d_sincos_pos_embed_from_grid``).
+
+    positions: (L,) any real dtype. Returns (L, dim) float64 on the positions' device: entry [m, k] =
+    sin(pos_m * w_k) for k < dim/2 and cos(pos_m * w_{k - dim/2}) after, with w_k = 10000 ** (-k / (dim/2)).
     """
     if dim % 2:
         raise ValueError(f"embedding width must be even, got {dim}")
-    half = dim // 2
-    omega = 1.0 / 10000.0 ** (torch.arange(half, dtype=torch.float64, device=positions.device) / half)
-    angles = positions.to(torch.float64)[:, None] * omega[None, :]
-    return torch.cat([torch.sin(angles), torch.cos(angles)], dim=1)
+    pos = positions.detach().to(torch.float64)
+    if _TORCH_TABLES:  # on the positions' device (the meta device included: a model built for loading)
+        return get_1d_sincos_pos_embed_from_grid(dim, pos, **_TABLE_KWARGS).to(torch.float64)
+    if pos.device.type == "meta":
+        return torch.empty(pos.shape[0], dim, dtype=torch.float64, device="meta")
+    return torch.as_tensor(get_1d_sincos_pos_embed_from_grid(dim, pos.cpu().numpy())).to(pos.device)
 
 
 def sincos_embedding_2d(dim: int, grid_h: int, grid_w: int, base_size: int | None = None,
                         device: torch.device | str | None = "cpu") -> torch.Tensor:
-    """2-D sin-cos table of a (grid_h, grid_w) token grid in row-major order (token = row * grid_w + col).
+    """2-D sin-cos table of a (grid_h, grid_w) token grid in row-major order (token = row * grid_w + col)
+    (diffusers' ``get_2d_sincos_pos_embed``, interpolation scale 1).
 
     Returns (grid_h * grid_w, dim) float32. The first dim/2 channels encode the column, the last dim/2 the
     row, each as `sincos_embedding_1d`. Positions are index / (grid / base_size) (diffusers' PatchEmbed
@@ -61,14 +87,8 @@ def sincos_embedding_2d(dim: int, grid_h: int, grid_w: int, base_size: int | Non
     if dim % 4:
         raise ValueError(f"2-D embedding width must be a multiple of 4, got {dim}")
     base = grid_h if base_size is None else base_size
-    rows = torch.arange(grid_h, dtype=torch.float64, device=device) / (grid_h / base)
-    cols = torch.arange(grid_w, dtype=torch.float64, device=device) / (grid_w / base)
-    col_emb = sincos_embedding_1d(dim // 2, cols)  # (W, dim/2)
-    row_emb = sincos_embedding_1d(dim // 2, rows)  # (H, dim/2)
-    table = torch.cat(
-        [col_emb[None, :, :].expand(grid_h, -1, -1), row_emb[:, None, :].expand(-1, grid_w, -1)], dim=-1
-    )
-    return table.reshape(grid_h * grid_w, dim).to(torch.float32)
+    table = get_2d_sincos_pos_embed(dim, (grid_h, grid_w), base_size=base, interpolation_scale=1.0, **_TABLE_KWARGS)
+    return torch.as_tensor(table).to(device=device, dtype=torch.float32)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -111,6 +131,9 @@ class MotionEncoderConfig:
     @property
     def num_tokens(self) -> int:
         return self.feature_dim // self.token_dim
+
+    def to_dict(self) -> dict:
+        return dataclasses.asdict(self)
 
     @property
     def inner_dim(self) -> int:
@@ -215,10 +238,12 @@ class HourGlass(nn.Module):
 class PatchEmbed(nn.Module):
     """Conv patchify (kernel = stride = patch) to (n, tokens, dim) plus a fixed 2-D sin-cos table.
 
-    Same key (`proj`) and the same maths as diffusers' PatchEmbed with interpolation_scale 1, but the table
-    is computed on demand (cached per grid and device) instead of living in a buffer, so a module built on
-    the meta device and filled by `load_state_dict(assign=True)` needs no extra step. The table is fp32;
-    the sum is cast back to the tokens' dtype, as diffusers does.
+    Same key (`proj`), the same table (`sincos_embedding_2d`, diffusers' function) and the same sum as
+    diffusers' `PatchEmbed` with interpolation scale 1. Not that module itself, for two reasons: its table
+    is a (non-persistent) buffer, so casting the model to fp16 would round the table and add in fp16
+    (here the table stays fp32 and the sum is cast back to the tokens' dtype; switching would change fp16
+    outputs), and a module built on the meta device and filled by `load_state_dict(assign=True)` would keep it on
+    meta. The table is computed on demand, cached per grid and device.
     """
 
     def __init__(self, in_channels: int, dim: int, patch_size: int, base_size: int) -> None:
@@ -260,7 +285,7 @@ class SpatialTransformerBlock(nn.Module):
         return self.ff(self.ff_norm(x)) + x
 
 
-class PatchSelfAttention(nn.Module):
+class PatchSelfAttention(CheckpointedModule):
     """`att_k`: GroupNorm(eps 1e-6) -> patch embed (+ sin-cos) -> one transformer block -> each token split
     into patch x patch sub-pixels (features ordered (p, q, c), c fastest) -> Linear to C (`proj_out`) ->
     pixels scattered back (token (h, w), sub-pixel (p, q) -> pixel (h*P + p, w*P + q)) -> + input."""
@@ -279,6 +304,11 @@ class PatchSelfAttention(nn.Module):
             nn.init.zeros_(self.proj_out.bias)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # Checkpointed as a whole: the attention maps are the memory peak of the encoder in training, and
+        # nothing in here has running statistics (unlike the BatchNorm trunk, which is never recomputed).
+        return self.checkpointed(self._forward, x)
+
+    def _forward(self, x: torch.Tensor) -> torch.Tensor:
         n, c, h, w = x.shape
         p = self.patch_size
         tokens = self.pos_embed(self.norm(x))
@@ -333,24 +363,44 @@ class FANEncoder(nn.Module):
 # Public module
 
 
-class MotionEncoder(nn.Module):
+class MotionEncoder(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, ConfigMixin):
     """Face crops (b, 3, f, S, S) in [-1, 1] -> motion tokens (b, f, num_tokens, token_dim) = (b, f, 32, 16).
 
     A 4-D input (n, 3, S, S) gives (n, 32, 16). The input is cast to the weights' dtype. The output includes
-    the fixed `pe` table (the HKM distance in the streaming engine is computed on these values).
+    the fixed `pe` table (the HKM distance in the streaming engine is computed on these values). Arguments:
+    the fields of `MotionEncoderConfig` (validated by it).
     """
 
-    def __init__(self, config: MotionEncoderConfig | None = None) -> None:
+    @accepts_config_dataclass(MotionEncoderConfig)
+    @register_to_config
+    def __init__(
+        self,
+        image_size: int = 224,
+        stem_channels: int = 64,
+        mid_channels: int = 128,
+        hourglass_channels: int = 256,
+        hourglass_depth: int = 4,
+        heatmap_channels: int = 68,
+        feature_dim: int = 512,
+        token_dim: int = 16,
+        attention_heads: int = 8,
+        attention_head_dim: int = 128,
+        norm_num_groups: int = 32,
+        patch_sizes: tuple[int, int, int] = (4, 2, 2),
+        zero_init_attention_out: bool = True,
+    ) -> None:
         super().__init__()
-        self.config = config = config or MotionEncoderConfig()
+        config = dataclass_from_config(MotionEncoderConfig, self.config)
         config.validate()
+        self.register_to_config(patch_sizes=config.patch_sizes)
+        self.num_tokens = config.num_tokens
         pe = sincos_embedding_1d(config.token_dim, torch.arange(config.num_tokens, dtype=torch.float64))
         self.register_buffer("pe", pe.to(torch.float32).unsqueeze(0))  # (1, 32, 16), in the checkpoint
         self.model = FANEncoder(config)
         self.final_proj = nn.Linear(config.feature_dim, config.feature_dim)
 
     def forward(self, faces: torch.Tensor) -> torch.Tensor:
-        cfg = self.config
+        size, token_dim = self.config.image_size, self.config.token_dim
         if faces.ndim == 5:
             b, c, f, h, w = faces.shape
             x = faces.permute(0, 2, 1, 3, 4).reshape(b * f, c, h, w)
@@ -358,10 +408,11 @@ class MotionEncoder(nn.Module):
             x = faces
         else:
             raise ValueError(f"expected (b, 3, f, h, w) or (n, 3, h, w) faces, got {tuple(faces.shape)}")
-        if tuple(x.shape[-2:]) != (cfg.image_size, cfg.image_size):
-            raise ValueError(f"face crops must be {cfg.image_size}x{cfg.image_size}, got {tuple(x.shape[-2:])}")
+        if tuple(x.shape[-2:]) != (size, size):
+            raise ValueError(f"face crops must be {size}x{size}, got {tuple(x.shape[-2:])}")
         x = x.to(self.final_proj.weight.dtype)
-        tokens = self.final_proj(self.model(x)).reshape(-1, cfg.num_tokens, cfg.token_dim) + self.pe
+        tokens = self.final_proj(self.model(x)).reshape(-1, self.num_tokens, token_dim) + self.pe
         if faces.ndim == 5:
-            tokens = tokens.reshape(b, f, cfg.num_tokens, cfg.token_dim)
+            tokens = tokens.reshape(b, f, self.num_tokens, token_dim)
         return tokens
+

@@ -1,9 +1,11 @@
 """PersonaLive's DDIM step: per-frame timesteps and a fixed step length (η = 0, ε-prediction).
 
 The noise schedule is diffusers' "scaled_linear" with β from 0.00085 to **0.02** (not SD's 0.012)
-over 1000 steps, so ᾱ comes from diffusers' own ``DDIMScheduler``. The step itself is a few lines,
-because the official one differs from diffusers' in two ways that matter: every frame of the
-window has its own timestep, and the previous timestep is always ``t - step_length`` (333).
+over 1000 steps, so ᾱ comes from diffusers' own ``DDIMScheduler``, and so does ``add_noise`` (frames
+folded into its batch, one timestep per frame). The step itself is written here, because the official
+one differs from diffusers' ``DDIMScheduler.step`` in two ways that matter: every frame of the window has
+its own timestep (diffusers' step takes one), and the previous timestep is always ``t - step_length``
+(333) instead of coming from ``set_timesteps``.
 """
 
 from __future__ import annotations
@@ -12,6 +14,8 @@ from dataclasses import dataclass
 
 import torch
 from diffusers import DDIMScheduler
+
+from personalive_cli.models.unet_blocks import fold_frames, unfold_frames
 
 
 @dataclass(frozen=True)
@@ -29,7 +33,7 @@ class StreamScheduler:
 
     def __init__(self, config: SchedulerConfig | None = None):
         self.config = config = config or SchedulerConfig()
-        ddim = DDIMScheduler(num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
+        self.ddim = ddim = DDIMScheduler(num_train_timesteps=config.num_train_timesteps, beta_start=config.beta_start,
                              beta_end=config.beta_end, beta_schedule=config.beta_schedule,
                              set_alpha_to_one=True, clip_sample=False, prediction_type="epsilon")
         self.alphas_cumprod = ddim.alphas_cumprod.to(torch.float32)  # (1000,)
@@ -56,8 +60,11 @@ class StreamScheduler:
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
         """sqrt(ᾱ_t)·x0 + sqrt(1−ᾱ_t)·noise with per-frame t; x0, noise: (b, c, f, h, w), t: (f,).
 
-        ᾱ is cast to the sample dtype before the square roots, as the official code does (fp16 there).
+        diffusers' ``DDIMScheduler.add_noise`` on the frame-folded (b*f, c, h, w) tensors, one timestep per
+        row. It casts ᾱ to the sample dtype before the square roots, as the official code does (fp16 there).
         """
-        t = timesteps.to(device=x0.device, dtype=torch.long)
-        a = self._alpha(t).to(x0.dtype).view(1, 1, -1, 1, 1)
-        return a.sqrt() * x0 + (1 - a).sqrt() * noise
+        b, f = x0.shape[0], x0.shape[2]
+        if timesteps.numel() != f:
+            raise ValueError(f"{timesteps.numel()} timesteps for {f} frames")
+        t = timesteps.to(device=x0.device, dtype=torch.long).reshape(-1).repeat(b)  # (b*f,), frame fastest
+        return unfold_frames(self.ddim.add_noise(fold_frames(x0), fold_frames(noise), t), f)

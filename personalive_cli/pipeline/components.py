@@ -40,13 +40,13 @@ def _quiet_hub_progress() -> None:
 
 
 def _from_dict(cls, data: dict):
-    """Rebuild a (frozen) config dataclass from JSON data: lists back to tuples."""
-    kwargs = {}
-    for f in dataclasses.fields(cls):
-        if f.name in data:
-            v = data[f.name]
-            kwargs[f.name] = tuple(v) if isinstance(v, list) else v
-    return cls(**kwargs)
+    """Rebuild a (frozen) config dataclass from JSON data: lists back to tuples; unknown keys are errors
+    (a misspelt field must not silently build the default architecture)."""
+    names = {f.name for f in dataclasses.fields(cls)}
+    unknown = sorted(set(data) - names)
+    if unknown:
+        raise UserError(f"{CONFIG_FILE}: unknown {cls.__name__} keys: {', '.join(unknown)}")
+    return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in data.items()})
 
 
 @dataclass
@@ -75,6 +75,9 @@ class PersonaLiveConfig:
 
     @classmethod
     def from_dict(cls, data: dict) -> PersonaLiveConfig:
+        unknown = sorted(set(data) - {"unet", "pose_guider", "motion_encoder", "keypoints"})
+        if unknown:
+            raise UserError(f"{CONFIG_FILE}: unknown sections: {', '.join(unknown)}")
         return cls(unet=_from_dict(DenoisingUNetConfig, data.get("unet", {})),
                    pose_guider=_from_dict(PoseGuiderConfig, data.get("pose_guider", {})),
                    motion_encoder=_from_dict(MotionEncoderConfig, data.get("motion_encoder", {})),

@@ -37,22 +37,22 @@ from dataclasses import dataclass
 import numpy as np
 import torch
 import torch.nn.functional as F
+from diffusers.image_processor import VaeImageProcessor
 from PIL import Image
 
-from personalive_cli.models.keypoint_extractor import (
-    KeypointInfo,
+from personalive_cli.models.keypoint_extractor import KeypointInfo
+from personalive_cli.models.scheduler import StreamScheduler
+from personalive_cli.pipeline.keypoints import (
     crop_faces,
     draw_keypoints,
     face_boxes,
     first_call_keypoints,
     transfer_keypoints,
 )
-from personalive_cli.models.scheduler import StreamScheduler
 
 CHUNK = 4                      # frames per chunk (the micro-chunk)
 TIMESTEPS = (0, 333, 666, 999)  # window chunks, oldest (cleanest) first
 KEYPOINT_SIZE = 256            # the keypoint extractor's input resolution
-LATENT_SCALE = 0.18215
 NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 
 
@@ -100,6 +100,7 @@ class StreamEngine:
             noise = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
         self._noise = noise
         self._t_window = torch.tensor([t for t in TIMESTEPS for _ in range(CHUNK)], device=self.device)
+        self._image_processor = VaeImageProcessor(do_resize=False)  # [-1, 1] <-> [0, 1] conventions
         self.reference_ready = False
 
     # ------------------------------------------------------------------------------------------------
@@ -113,7 +114,7 @@ class StreamEngine:
         pil = Image.fromarray(image).convert("RGB")
         ref = _to_tensor(np.asarray(pil.resize((self.size, self.size), Image.LANCZOS)), dev)  # (1,3,S,S) [-1,1]
         self.ref_image = ref.to(dt)
-        self.ref_latent = m.vae.encode(self.ref_image).latent_dist.mean * LATENT_SCALE  # (1,4,h,w)
+        self.ref_latent = m.vae.encode(self.ref_image).latent_dist.mean * m.vae.config.scaling_factor  # (1,4,h,w)
         self.clip = self._clip_embed(pil)  # (1,1,768)
         self.ref_kv = self._bank_kv(self.ref_latent)
         self.keyframe_kv: list[dict] = []
@@ -248,8 +249,9 @@ class StreamEngine:
         if self.options.tiny_vae:
             images = self.models.taesd.decode(z).sample
         else:
-            images = self.models.vae.decode(z / LATENT_SCALE).sample
-        images = (images.float() / 2 + 0.5).clamp(0, 1)
+            images = self.models.vae.decode(z / self.models.vae.config.scaling_factor).sample
+        images = self._image_processor.postprocess(images.float(), output_type="pt")  # [0, 1], on the device
+        # uint8 on the device (a quarter of the bytes to copy back); rounding, where the official writer truncates
         return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
     @property
@@ -258,6 +260,10 @@ class StreamEngine:
 
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:
-    """uint8 (h, w, 3) -> float32 (1, 3, h, w) in [-1, 1]."""
+    """uint8 (h, w, 3) -> float32 (1, 3, h, w) in [-1, 1] (diffusers' VaeImageProcessor normalisation).
+
+    The uint8 pixels go to the device first (a quarter of the bytes of floats); 2 * (x / 255) - 1 equals
+    the official x / 127.5 - 1 bit for bit (scaling by 2 is exact).
+    """
     t = torch.from_numpy(np.array(image, dtype=np.uint8)).to(device).permute(2, 0, 1)[None].float()
-    return t / 127.5 - 1
+    return VaeImageProcessor.normalize(t / 255.0)

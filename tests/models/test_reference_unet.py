@@ -39,7 +39,7 @@ def test_bank_names_and_shapes():
     b, h, w = 2, 16, 24
     with torch.no_grad():
         banks = model(torch.randn(b, 4, h, w), torch.randn(b, 1, 768))
-    names = DenoisingUNet(cfg).attention_block_names()
+    names = DenoisingUNet(DenoisingUNetConfig.tiny()).attention_block_names()
     assert list(banks) == names == model.attention_block_names()
     assert len(names) == 16
     n_down = len(cfg.block_out_channels) - 1

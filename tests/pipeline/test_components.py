@@ -118,3 +118,17 @@ def test_weights_resolution_order(monkeypatch, tmp_path, tiny_weights):
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     with pytest.raises(UserError, match="personalive weights download"):
         resolve_weights(None)
+
+
+def test_unknown_config_keys_are_named(damaged):
+    path = damaged / "personalive" / "config.json"
+    data = json.loads(path.read_text())
+    data["unet"]["layers_per_blok"] = 2
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"unknown DenoisingUNetConfig keys: layers_per_blok"):
+        PersonaLiveModels.from_pretrained(damaged)
+    data["unet"].pop("layers_per_blok")
+    data["extra"] = {}
+    path.write_text(json.dumps(data))
+    with pytest.raises(UserError, match=r"unknown sections: extra"):
+        PersonaLiveModels.from_pretrained(damaged)

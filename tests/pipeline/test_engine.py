@@ -10,15 +10,15 @@ from PIL import Image
 from personalive_cli.faces.crop import resize
 from personalive_cli.io.images import read_image
 from personalive_cli.io.video import VideoReader
-from personalive_cli.models.keypoint_extractor import (
+from personalive_cli.models.scheduler import StreamScheduler
+from personalive_cli.pipeline.engine import EngineOptions, StreamEngine
+from personalive_cli.pipeline.keypoints import (
     crop_faces,
     draw_keypoints,
     face_boxes,
     transfer_keypoints,
     warmup_keypoints,
 )
-from personalive_cli.models.scheduler import StreamScheduler
-from personalive_cli.pipeline.engine import EngineOptions, StreamEngine
 
 SIZE = 128
 
@@ -53,15 +53,23 @@ def _tensor(img):
     return torch.from_numpy(np.array(img)).permute(2, 0, 1)[None].float() / 127.5 - 1
 
 
-def naive_schedule(models, inputs, noises, steps, engine):
+def naive_schedule(models, inputs, noises, steps, engine, options=None):
     """The same schedule written out directly: one frame at a time for keypoints, pose and motion,
-    reference banks re-projected every pass, the DDIM maths inline."""
+    reference (and keyframe) banks re-projected every pass, the DDIM maths inline, and the Historical
+    Keyframe Mechanism as the spec states it (with the engine's options: threshold, count, start step,
+    which frame is compared, fp16 banks; the fixed flag and bounded bank defaults)."""
+    o = options or EngineOptions()
     ref_u8, frames = inputs
     a = StreamScheduler().alphas_cumprod
     ref = _tensor(Image.fromarray(ref_u8).resize((SIZE, SIZE), Image.LANCZOS))
     ref_lat = models.vae.encode(ref).latent_dist.mean * 0.18215
     clip = engine.clip  # the CLIP embedding is checked by its own test; the schedule is under test here
-    banks = {k: v.half().float() for k, v in models.reference_unet(ref_lat, clip).items()}
+
+    def bank_of(latent):
+        tokens = models.reference_unet(latent, clip)
+        return {k: v.half().float() if o.fp16_banks else v for k, v in tokens.items()}
+
+    banks = [bank_of(ref_lat)]  # the reference, then one entry per keyframe
     small_ref = _tensor(Image.fromarray(ref_u8).resize((256, 256), Image.LANCZOS)) * 0.5 + 0.5
     ref_k = models.keypoint_extractor(small_ref)
 
@@ -69,7 +77,7 @@ def naive_schedule(models, inputs, noises, steps, engine):
         return a[t].sqrt() * ref_lat + (1 - a[t]).sqrt() * n
 
     window = [noised([0, 333, 666][j // 4], noises[0][:, :, j]) for j in range(12)]
-    poses, motions, outs, first = [], [], [], None
+    poses, motions, outs, first, motion_bank, added = [], [], [], None, [], []
     for n in range(steps):
         imgs = [_tensor(f) for f in frames[4 * n: 4 * n + 4]]
         kps = [models.keypoint_extractor(F.interpolate(im, size=(256, 256), mode="bilinear") * 0.5 + 0.5)
@@ -82,15 +90,24 @@ def naive_schedule(models, inputs, noises, steps, engine):
             ref_m = models.motion_encoder(crop_faces(ref, face_boxes(ref_k.posed(), SIZE))[:, :, None])[:, 0]
             alphas = torch.linspace(0, 1, 13)[:12]
             motions = [ref_m + al * (dri_m[0] - ref_m) for al in alphas] + dri_m
+            motion_bank = [ref_m.flatten()]
         else:
             sets = [transfer_keypoints(ref_k, k, first) for k in kps]
             motions += dri_m
+        # keyframe test, on the window's motions before the pass (frame 0 = emitted, 12 = newest chunk)
+        trigger = False
+        if o.keyframes and n > o.keyframe_after_steps and len(banks) - 1 < o.max_keyframes:
+            candidate = motions[0 if o.keyframe_compare == "emitted" else 12].flatten()
+            trigger = min(torch.linalg.vector_norm(candidate - m) for m in motion_bank) > o.keyframe_threshold
+            if trigger:
+                motion_bank.append(candidate)
         poses += [models.pose_guider(draw_keypoints(s, SIZE)[:, :, None]) for s in sets]
         window += [noised(999, noises[n + 1][:, :, j]) for j in range(4)]
         x = torch.stack(window, dim=2)
         t = torch.tensor([0] * 4 + [333] * 4 + [666] * 4 + [999] * 4)
+        tokens = {k: torch.cat([b[k] for b in banks], dim=1) for k in banks[0]}
         eps = models.denoising_unet(x, t, clip, torch.stack(motions, dim=1), torch.cat(poses, dim=2),
-                                    models.denoising_unet.bank_kv(banks))
+                                    models.denoising_unet.bank_kv(tokens))
         new = []
         for i in range(16):
             at = a[t[i]]
@@ -98,8 +115,11 @@ def naive_schedule(models, inputs, noises, steps, engine):
             x0 = (x[:, :, i] - (1 - at).sqrt() * eps[:, :, i]) / at.sqrt()
             new.append(x0 if i < 4 else prev.sqrt() * x0 + (1 - prev).sqrt() * eps[:, :, i])
         outs.append(torch.stack(new[:4], dim=2))
+        if trigger:  # the emitted frame's clean latent becomes a keyframe for the following passes
+            banks.append(bank_of(new[0]))
+        added.append(bool(trigger))
         window, poses, motions = new[4:], poses[4:], motions[4:]
-    return outs
+    return outs, added
 
 
 @torch.no_grad()
@@ -113,12 +133,45 @@ def test_engine_equals_unbatched_recomputation(tiny_models, inputs):
     engine = StreamEngine(tiny_models, size=SIZE, noise=lambda shape: queue.pop(0))
     engine.set_reference(inputs[0])
     got = [engine.step(np.stack(inputs[1][4 * i: 4 * i + 4])).latents for i in range(steps)]
-    want = naive_schedule(tiny_models, inputs, noises, steps, engine)
+    want, _ = naive_schedule(tiny_models, inputs, noises, steps, engine)
     for g, w in zip(got, want, strict=True):
         assert g.shape == w.shape == (1, 4, 4, h, h)
         torch.testing.assert_close(g, w, atol=2e-4, rtol=1e-4)
     # the schedule really depends on what it was fed: other noise gives other latents
     assert (got[-1] - want[0]).abs().max() > 1e-2
+
+
+@pytest.mark.parametrize("compare", ["emitted", "newest"])
+@pytest.mark.parametrize("fp16_banks", [True, False])
+@torch.no_grad()
+def test_engine_with_keyframes_equals_unbatched_recomputation(tiny_models, inputs, compare, fp16_banks):
+    """A run long enough for historical keyframes to fire and then be attended to by later passes."""
+    steps = 7
+    options = dict(keyframe_threshold=0.0, keyframe_after_steps=3, max_keyframes=2, keyframe_compare=compare,
+                   fp16_banks=fp16_banks)
+    gen = torch.Generator().manual_seed(11)
+    h = SIZE // 8
+    noises = [torch.randn((1, 4, 12, h, h), generator=gen)] + [torch.randn((1, 4, 4, h, h), generator=gen)
+                                                               for _ in range(steps)]
+    queue = list(noises)
+    engine = StreamEngine(tiny_models, size=SIZE, noise=lambda shape: queue.pop(0),
+                          options=EngineOptions(**options))
+    engine.set_reference(inputs[0])
+    outs = [engine.step(np.stack(inputs[1][4 * i: 4 * i + 4])) for i in range(steps)]
+    want, want_added = naive_schedule(tiny_models, inputs, noises, steps, engine, EngineOptions(**options))
+    added = [o.keyframe_added for o in outs]
+    assert added == want_added == [False] * 4 + [True] * 2 + [False]  # steps 5 and 6 attend to keyframes
+    for o, w in zip(outs, want, strict=True):
+        torch.testing.assert_close(o.latents, w, atol=2e-4, rtol=1e-4)
+    if compare != "emitted" or not fp16_banks:
+        return
+    # the keyframes matter: without them the last chunk is different (checked once, it costs a run)
+    queue[:] = list(noises)
+    plain = StreamEngine(tiny_models, size=SIZE, noise=lambda shape: queue.pop(0),
+                         options=EngineOptions(**{**options, "keyframes": False}))
+    plain.set_reference(inputs[0])
+    last = [plain.step(np.stack(inputs[1][4 * i: 4 * i + 4])).latents for i in range(steps)][-1]
+    assert (last - outs[-1].latents).abs().max() > 1e-3
 
 
 def test_keyframes_trigger_and_stay_bounded(tiny_models, inputs):
