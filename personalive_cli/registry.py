@@ -148,6 +148,7 @@ class Method(abc.ABC):
     downloads_to_cache: bool = False
     weights_env: str | None = None        # environment variable naming its weights folder, if any
     configurable: bool = False            # runs upstream code found through `methods configure`
+    download_extras: tuple[str, ...] = ()  # optional parts `weights download --with NAME` adds
 
     def __init__(self, weights: str | Path | None = None, device: str = "cpu", dtype=None, size: int = 512,
                  seed: int | None = None, **options):
@@ -169,8 +170,9 @@ class Method(abc.ABC):
         raise UserError(f"method {cls.name!r} has no weights of its own to check")
 
     @classmethod
-    def download_weights(cls, root: str | Path | None = None) -> None:
-        """Fetch this method's weights: into ``root``, or (``None``) into the cache :meth:`status` searches."""
+    def download_weights(cls, root: str | Path | None = None, extras: tuple[str, ...] = ()) -> None:
+        """Fetch this method's weights: into ``root``, or (``None``) into the cache :meth:`status` searches;
+        ``extras`` names optional parts from :attr:`download_extras`."""
         raise UserError(f"method {cls.name!r} has no weights to download")
 
     @classmethod

@@ -219,7 +219,7 @@ class LivePortrait(Method):
         return check_layout(root)
 
     @classmethod
-    def download_weights(cls, root=None) -> None:
+    def download_weights(cls, root=None, extras=()) -> None:
         download(root)
 
     @classmethod

@@ -52,9 +52,17 @@ def download_cmd(
                                                metavar="[DIR]", show_default=False)] = None,
     target: Annotated[Path | None, typer.Argument(hidden=True, show_default=False)] = None,
     method: MethodName = DEFAULT_METHOD,
+    extras: Annotated[list[str] | None, typer.Option("--with", help="an optional part too, e.g. taesd (the tiny "
+                                                     "VAE of PersonaLive's --vae tiny); repeatable")] = None,
+    taesd: Annotated[bool, typer.Option("--taesd", hidden=True, help="same as --with taesd")] = False,
 ) -> None:
     """Fetch a method's release from the Hugging Face hub (resumable)."""
     cls, folder = _method_and_folder(method, root, target)
+    wanted = tuple(extras or ()) + (("taesd",) if taesd else ())
+    unknown = [e for e in wanted if e not in cls.download_extras]
+    if unknown:
+        raise UserError(f"method {cls.name!r} has no optional part {unknown[0]!r} "
+                        f"(its parts: {', '.join(cls.download_extras) or 'none'})")
     if folder is not None:
         from personalive_cli.io.outputs import check_output_folder
 
@@ -63,7 +71,7 @@ def download_cmd(
         raise UserError(f"method {cls.name!r} downloads into a folder: personalive weights download --method "
                         f"{cls.name} DIR")
     err.print(f"downloading {cls.name} weights into {folder or 'the Hugging Face cache'}", highlight=False)
-    cls.download_weights(folder)
+    cls.download_weights(folder, extras=wanted)
     if folder is None:
         err.print(f"done; `--method {cls.name}` finds them without --weights", highlight=False)
     else:

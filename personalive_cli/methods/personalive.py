@@ -83,6 +83,7 @@ class PersonaLive(Method):
     can_use_random_weights = True
     has_weights = True
     downloads_to_cache = True
+    download_extras = ("taesd",)  # the tiny VAE decoder of --vae tiny
     weights_env = "PERSONALIVE_WEIGHTS"
     description = "PersonaLive (CVPR 2026): 4-step streaming diffusion with hybrid motion control and keyframes"
 
@@ -134,10 +135,10 @@ class PersonaLive(Method):
         return MethodStatus(ready=True, detail="weights found")
 
     @classmethod
-    def download_weights(cls, root=None) -> None:
+    def download_weights(cls, root=None, extras=()) -> None:
         from personalive_cli.weights import download
 
-        download(root)
+        download(root, include_taesd="taesd" in extras)
 
     @classmethod
     def check_weights(cls, root) -> list[dict]:

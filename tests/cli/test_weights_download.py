@@ -72,3 +72,23 @@ def test_download_failure_is_one_line(tmp_path, fake_hub, monkeypatch):
     assert "Traceback" not in r.stderr and r.exception is None or isinstance(r.exception, SystemExit)
     last = r.stderr.strip().splitlines()[-1]
     assert last.startswith("error: download of huaichang/PersonaLive failed: We couldn't connect")
+
+
+def test_optional_parts_reach_the_download(tmp_path, fake_hub):
+    r = CliRunner().invoke(app, ["weights", "download", "--with", "taesd", str(tmp_path / "w")])
+    assert r.exit_code == 1  # the test double has no TAESD repo: asked for, so fetched, so it fails
+    assert r.stderr.strip().splitlines()[-1].startswith("error: download of madebyollin/taesd failed")
+    r = CliRunner().invoke(app, ["weights", "download", "--with", "nope", str(tmp_path / "w2")])
+    assert r.exit_code == 1 and "no optional part 'nope' (its parts: taesd)" in r.stderr
+    assert not (tmp_path / "w2").exists()
+
+
+def test_demo_downloads_on_first_use_then_animates(tmp_path, fake_hub, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    r = CliRunner().invoke(app, ["demo", "--size", "128", "--frames", "5", "--crop", "none"])
+    assert r.exit_code == 0, r.output
+    first = r.stderr.strip().splitlines()[0]
+    assert first.startswith("personalive weights not found: downloading them into the Hugging Face cache")
+    assert (tmp_path / "demo.mp4").is_file()
+    r = CliRunner().invoke(app, ["demo", "--size", "128", "--frames", "5", "--crop", "none", "-o", "again.mp4"])
+    assert r.exit_code == 0 and "downloading" not in r.stderr  # found in the cache the second time
