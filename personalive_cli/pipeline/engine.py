@@ -166,6 +166,20 @@ class StreamEngine:
             raise RuntimeError("call set_reference() first")
         if frames.shape[0] != CHUNK:
             raise ValueError(f"a step takes {CHUNK} frames, got {frames.shape[0]}")
+        pose, motion = self._encode_driving(frames)
+        self._admit_chunk(pose, motion)
+        clean, trigger = self._denoise_window()
+        added = self._update_keyframes(trigger, clean)
+        self._advance_window()
+        warmup = self.steps < 3
+        self.steps += 1
+        frames_out = self._decode(clean) if (decode_warmup or not warmup) else None
+        return StepOutput(frames=frames_out, latents=clean, warmup=warmup, keyframe_added=added)
+
+    def _encode_driving(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """Driving frames → pose features (1, C, n, h, w) and motion tokens (1, n, 32, 16). On the first
+        step n = 16: 12 warm-up frames interpolated from the reference to the first driving frame
+        (keypoints and motion alike), then the 4 driving frames; afterwards n = 4."""
         m, dt = self.models, self.dtype
         images = torch.cat([_to_tensor(f, self.device) for f in frames]).to(dt)  # (4,3,S,S) [-1,1]
         if images.shape[-1] != self.size:
@@ -182,42 +196,54 @@ class StreamEngine:
         canvas = draw_keypoints(kps.float(), self.size).to(dt)      # (n,3,S,S) in [0,1]
         pose = m.pose_guider(canvas.permute(1, 0, 2, 3)[None])      # (1,C,n,h,w)
         faces = crop_faces(images, face_boxes(drv.posed().float(), self.size))
-        if first_step:
-            ref_face = crop_faces(self.ref_image, face_boxes(self.ref_kps.posed().float(), self.size))
-            tokens = m.motion_encoder(torch.cat([ref_face, faces]).transpose(0, 1)[None])  # (1,5,32,16)
-            ref_motion, motion = tokens[:, :1], tokens[:, 1:]
-            alpha = torch.linspace(0, 1, 3 * CHUNK + 1, device=self.device, dtype=dt)[:-1].view(1, -1, 1, 1)
-            warm = ref_motion + alpha * (motion[:, :1] - ref_motion)  # (1,12,32,16)
-            self.motions = [*warm.split(CHUNK, dim=1), motion]
-            self.poses = list(pose.split(CHUNK, dim=2))
-            self.motion_bank = ref_motion.reshape(1, -1).float()
-        else:
-            self.motions.append(m.motion_encoder(faces.transpose(0, 1)[None]))
-            self.poses.append(pose)
+        if not first_step:
+            return pose, m.motion_encoder(faces.transpose(0, 1)[None])
+        ref_face = crop_faces(self.ref_image, face_boxes(self.ref_kps.posed().float(), self.size))
+        tokens = m.motion_encoder(torch.cat([ref_face, faces]).transpose(0, 1)[None])  # (1,5,32,16)
+        ref_motion, motion = tokens[:, :1], tokens[:, 1:]
+        alpha = torch.linspace(0, 1, 3 * CHUNK + 1, device=self.device, dtype=dt)[:-1].view(1, -1, 1, 1)
+        warm = ref_motion + alpha * (motion[:, :1] - ref_motion)  # (1,12,32,16)
+        self.motion_bank = ref_motion.reshape(1, -1).float()
+        return pose, torch.cat([warm, motion], dim=1)
+
+    def _admit_chunk(self, pose: torch.Tensor, motion: torch.Tensor) -> None:
+        """Append the new chunk(s) to the window: their conditions, and fresh latents (the reference
+        latent noised to t = 999)."""
+        self.poses.extend(pose.split(CHUNK, dim=2))
+        self.motions.extend(motion.split(CHUNK, dim=1))
         h = self.size // 8
         fresh = self._draw((1, 4, CHUNK, h, h))
         self.latents.append(self.scheduler.add_noise(self.ref_latent[:, :, None].expand(-1, -1, CHUNK, -1, -1),
                                                      fresh, self._t_window[-CHUNK:]))
 
+    def _denoise_window(self) -> tuple[torch.Tensor, bool]:
+        """One UNet pass over the 16-frame window and one DDIM step of every chunk down its rung.
+        Returns the clean chunk (1, 4, 4, h, w) and whether the window's motion calls for a keyframe
+        (decided before the pass, on the motion it sees)."""
+        m, dt = self.models, self.dtype
         motion = torch.cat(self.motions, dim=1)  # (1,16,32,16)
         trigger = self._keyframe_test(motion)
         x = torch.cat(self.latents, dim=2)       # (1,4,16,h,w)
-        bank_kv = self._all_bank_kv()
-        eps = m.denoising_unet(x, self._t_window, self.clip, motion, torch.cat(self.poses, dim=2), bank_kv)
+        eps = m.denoising_unet(x, self._t_window, self.clip, motion, torch.cat(self.poses, dim=2),
+                               self._all_bank_kv())
         x_prev, x0 = self.scheduler.step(eps, self._t_window, x)
         clean = x0[:, :, :CHUNK].to(dt)
         self.latents = [clean, *x_prev[:, :, CHUNK:].to(dt).split(CHUNK, dim=2)]
-        added = False
+        return clean, trigger
+
+    def _update_keyframes(self, trigger: bool, clean: torch.Tensor) -> bool:
+        """Store the clean chunk's first frame as a historical keyframe (its attention K/V) when the
+        motion test fired and the bank has room (or the official sticky flag is asked for)."""
         if trigger and (len(self.keyframe_kv) < self.options.max_keyframes or not self.options.reset_keyframe_flag):
             self.keyframe_kv.append(self._bank_kv(clean[:, :, 0]))
-            added = True
+            return True
+        return False
+
+    def _advance_window(self) -> None:
+        """The emitted chunk leaves the window."""
         self.latents.pop(0)
         self.poses.pop(0)
         self.motions.pop(0)
-        warmup = self.steps < 3
-        self.steps += 1
-        frames_out = self._decode(clean) if (decode_warmup or not warmup) else None
-        return StepOutput(frames=frames_out, latents=clean, warmup=warmup, keyframe_added=added)
 
     def _keyframe_test(self, motion: torch.Tensor) -> bool:
         o = self.options
