@@ -290,19 +290,23 @@ class LivePortraitModels(nn.Module):
             mlp.load_state_dict(merged, strict=True, assign=any(t.is_meta for t in mlp.state_dict().values()))
 
     def save_pretrained(self, root: str | Path) -> LivePortraitLayout:
-        """Write the official layout (plus ``liveportrait/config.json`` describing this architecture)."""
-        layout = LivePortraitLayout.from_root(root)
-        (layout.liveportrait / "base_models").mkdir(parents=True, exist_ok=True)
-        (layout.liveportrait / "retargeting_models").mkdir(parents=True, exist_ok=True)
-        for name in BASE_FILES:
-            state = {k: v.detach().cpu().contiguous() for k, v in getattr(self, name).state_dict().items()}
-            torch.save(state, layout.base(name))
-        nested = {entry: {f"module.{k}": v.detach().cpu().contiguous()
-                          for k, v in getattr(self.stitching_retargeting_module, attr).state_dict().items()}
-                  for attr, entry in FILE_ENTRIES.items()}
-        torch.save(nested, layout.stitching)
-        layout.config.write_text(json.dumps(self.config.to_dict(), indent=2))
-        return layout
+        """Write the official layout (plus ``liveportrait/config.json`` describing this architecture),
+        staged beside ``root`` and moved in when complete (an interrupted save leaves no truncated file)."""
+        from personalive_cli.io.outputs import staged_into
+
+        with staged_into(root) as staging:
+            layout = LivePortraitLayout.from_root(staging)
+            (layout.liveportrait / "base_models").mkdir(parents=True)
+            (layout.liveportrait / "retargeting_models").mkdir(parents=True)
+            for name in BASE_FILES:
+                state = {k: v.detach().cpu().contiguous() for k, v in getattr(self, name).state_dict().items()}
+                torch.save(state, layout.base(name))
+            nested = {entry: {f"module.{k}": v.detach().cpu().contiguous()
+                              for k, v in getattr(self.stitching_retargeting_module, attr).state_dict().items()}
+                      for attr, entry in FILE_ENTRIES.items()}
+            torch.save(nested, layout.stitching)
+            layout.config.write_text(json.dumps(self.config.to_dict(), indent=2))
+        return LivePortraitLayout.from_root(root)
 
     def parameter_counts(self) -> dict[str, int]:
         return {name: sum(p.numel() for p in getattr(self, name).parameters())

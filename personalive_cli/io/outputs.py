@@ -13,10 +13,11 @@ Every command that writes a file or a folder goes through here, so each rule hol
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import tempfile
-from collections.abc import Iterable
+from collections.abc import Iterable, Iterator
 from pathlib import Path
 
 from personalive_cli.errors import UserError
@@ -149,3 +150,22 @@ class NewFolder:
     def __exit__(self, exc_type, exc, tb) -> None:
         if exc_type is not None and self.created and not self.holds_output():
             shutil.rmtree(self._top, ignore_errors=True)
+
+
+@contextlib.contextmanager
+def staged_into(root: str | Path) -> Iterator[Path]:
+    """Write a folder's contents atomically, part by part: yields a temporary folder beside ``root``;
+    when the block ends normally, each top-level entry written there replaces its namesake in
+    ``root`` (created if absent); if it fails or is interrupted, ``root`` is left as it was."""
+    root = Path(root)
+    if root.exists() and not root.is_dir():
+        raise UserError(f"{root} is a file; give a folder")
+    root.mkdir(parents=True, exist_ok=True)
+    with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as tmp:
+        staging = Path(tmp)
+        yield staging
+        for part in staging.iterdir():
+            final = root / part.name
+            if final.is_dir() and not final.is_symlink():
+                shutil.rmtree(final)
+            os.replace(part, final)

@@ -9,9 +9,6 @@ from __future__ import annotations
 
 import dataclasses
 import json
-import os
-import shutil
-import tempfile
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -19,6 +16,7 @@ import torch
 from torch import nn
 
 from personalive_cli.errors import UserError
+from personalive_cli.io.outputs import staged_into
 from personalive_cli.models.base_configs import CLIP_VIT_L14_VISION, SD_VAE_FT_MSE, TINY_CLIP_VISION, TINY_VAE
 from personalive_cli.models.denoising_unet import DenoisingUNet, DenoisingUNetConfig
 from personalive_cli.models.keypoint_extractor import KeypointExtractor, KeypointExtractorConfig
@@ -170,11 +168,8 @@ class PersonaLiveModels(nn.Module):
 
         Everything is written into a temporary folder beside ``root`` first and moved into place
         component by component, so an interrupted save never leaves truncated checkpoints behind."""
-        root = Path(root)
-        root.mkdir(parents=True, exist_ok=True)
         _quiet_hub_progress()
-        with tempfile.TemporaryDirectory(prefix=f".{root.name}.", dir=root.parent) as tmp:
-            staging = Path(tmp)
+        with staged_into(root) as staging:
             layout = WeightsLayout.from_root(staging)
             layout.personalive.mkdir(parents=True)
             unet_state = self.denoising_unet.state_dict()
@@ -194,11 +189,6 @@ class PersonaLiveModels(nn.Module):
             self.vae.save_pretrained(layout.vae)
             if self.taesd is not None:
                 self.taesd.save_pretrained(staging / "taesd")
-            for part in staging.iterdir():
-                final = root / part.name
-                if final.is_dir():
-                    shutil.rmtree(final)
-                os.replace(part, final)
         return WeightsLayout.from_root(root)
 
 

@@ -76,3 +76,19 @@ def test_new_folder_kept_once_something_is_finished_or_when_it_existed(tmp_path)
     with pytest.raises(RuntimeError), NewFolder(tmp_path / "mine"):
         raise RuntimeError
     assert (tmp_path / "mine").is_dir()  # the user's folder is never removed
+
+
+def test_staged_into_moves_parts_in_only_when_complete(tmp_path):
+    from personalive_cli.io.outputs import staged_into
+
+    root = tmp_path / "w"
+    with staged_into(root) as staging:
+        (staging / "a").mkdir()
+        (staging / "a" / "x.pth").write_bytes(b"1")
+    assert (root / "a" / "x.pth").read_bytes() == b"1"
+    with pytest.raises(KeyboardInterrupt), staged_into(root) as staging:
+        (staging / "a").mkdir()
+        (staging / "a" / "x.pth").write_bytes(b"half")
+        raise KeyboardInterrupt
+    assert (root / "a" / "x.pth").read_bytes() == b"1"  # untouched by the interrupted save
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no staging folder left
