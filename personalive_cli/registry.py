@@ -270,6 +270,22 @@ def register(name: str):
 _FAILED: dict[str, str] = {}
 
 
+def _load(ep) -> None:
+    """Import one entry point and register its class (or record why it failed)."""
+    if ep.name in _REGISTRY or ep.name in _FAILED:
+        return
+    try:
+        cls = ep.load()
+    except Exception as exc:  # noqa: BLE001 - someone else's package: report it, keep going
+        _FAILED[ep.name] = f"{type(exc).__name__}: {exc}".strip()
+        log.debug("method plugin %s failed to load", ep.name, exc_info=True)
+        return
+    if not (isinstance(cls, type) and issubclass(cls, Method)):
+        _FAILED[ep.name] = f"{ep.value} is not a personalive Method subclass"
+        return
+    register(ep.name)(cls)
+
+
 def _load_entry_points() -> None:
     """Register every method of the ``personalive.methods`` group: the built-ins (declared in this
     package's own metadata) and third-party ones alike. A plugin that fails to import is recorded
@@ -279,18 +295,7 @@ def _load_entry_points() -> None:
         return
     _loaded_entry_points = True
     for ep in entry_points(group=ENTRY_POINT_GROUP):
-        if ep.name in _REGISTRY:
-            continue
-        try:
-            cls = ep.load()
-        except Exception as exc:  # noqa: BLE001 - someone else's package: report it, keep going
-            _FAILED[ep.name] = f"{type(exc).__name__}: {exc}".strip()
-            log.debug("method plugin %s failed to load", ep.name, exc_info=True)
-            continue
-        if not (isinstance(cls, type) and issubclass(cls, Method)):
-            _FAILED[ep.name] = f"{ep.value} is not a personalive Method subclass"
-            continue
-        register(ep.name)(cls)
+        _load(ep)
 
 
 def available() -> dict[str, type[Method]]:
@@ -306,9 +311,20 @@ def failed() -> dict[str, str]:
 
 
 def get(name: str) -> type[Method]:
+    """The method called ``name``. Only its own entry point is imported (a command that uses one
+    method does not pay for importing every other method's stack)."""
+    if name not in _REGISTRY and not _loaded_entry_points:
+        for ep in entry_points(group=ENTRY_POINT_GROUP):
+            if ep.name == name:
+                _load(ep)
+                break
+    if name in _REGISTRY:
+        return _REGISTRY[name]
+    if name in _FAILED:
+        raise UserError(f"method {name!r} failed to load: {_FAILED[name]}")
     methods = available()
-    if name not in methods:
-        if name in _FAILED:
-            raise UserError(f"method {name!r} failed to load: {_FAILED[name]}")
-        raise UserError(f"unknown method {name!r}; known methods: {', '.join(methods)}")
-    return methods[name]
+    if name in methods:
+        return methods[name]
+    if name in _FAILED:
+        raise UserError(f"method {name!r} failed to load: {_FAILED[name]}")
+    raise UserError(f"unknown method {name!r}; known methods: {', '.join(methods)}")
