@@ -93,3 +93,28 @@ def invoke(*args, env: dict | None = None):
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception
     return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+
+
+def random_keypoint_info(n: int = 1, seed: int = 0, dtype=None):
+    """A seeded random ``KeypointInfo`` of ``n`` frames (float64 by default), for keypoint algebra tests."""
+    import torch
+
+    from personalive_cli.models.keypoint_extractor import KeypointInfo
+
+    dtype = dtype or torch.float64
+    g = torch.Generator().manual_seed(seed)
+
+    def r(*shape, s=1.0):
+        return (torch.randn(*shape, generator=g) * s).to(dtype)
+
+    return KeypointInfo(kp=r(n, 21, 3, s=0.3), pitch=r(n, s=20), yaw=r(n, s=20), roll=r(n, s=20),
+                        t=r(n, 3, s=0.1), scale=1.2 + r(n, 1, s=0.1))
+
+
+def process_alive(pid: int) -> bool:
+    """Whether ``pid`` runs (a zombie, exited but not yet reaped, counts as gone)."""
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except (OSError, IndexError):
+        return False
+    return state != "Z"

@@ -133,6 +133,12 @@ app.add_typer(methods_app, name="methods")
 
 
 ReferenceFrame = Annotated[int, typer.Option(help="when the reference is a video: the frame to use")]
+Frames = Annotated[int | None, typer.Option(help="animate only the first N driving frames")]
+Dtype = Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, fp32 on CPU)")]
+Seed = Annotated[int, typer.Option(help="random seed")]
+Crop = Annotated[str, typer.Option(help="auto: face-centred square crops; none: resize whole frames")]
+Crf = Annotated[int, typer.Option(help="H.264 quality (lower is better)")]
+VideoOut = Annotated[Path, typer.Option("--output", "-o", help="output video: .mp4, .mov, .mkv or .webm")]
 
 
 def _run_animate(reference: Path, driving: Path, output: Path, opts) -> None:
@@ -166,16 +172,16 @@ def animate_cmd(
     reference: Annotated[Path, typer.Argument(help="reference portrait (any image PIL reads, or a video: see "
                                                    "--reference-frame)")],
     driving: Annotated[Path, typer.Argument(help="driving video (any video FFmpeg reads)")],
-    output: Annotated[Path, typer.Option("--output", "-o", help="output video: .mp4, .mov, .mkv or .webm")] = Path("out.mp4"),
+    output: VideoOut = Path("out.mp4"),
     method: Annotated[str, typer.Option(help="method name (see `personalive methods`)")] = "personalive",
-    frames: Annotated[int | None, typer.Option(help="animate only the first N driving frames")] = None,
+    frames: Frames = None,
     size: Size = 512,
     fps: Annotated[float | None, typer.Option(help="output fps (default: the driving video's)")] = None,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, fp32 on CPU)")] = "auto",
-    seed: Annotated[int, typer.Option(help="random seed")] = 42,
-    crop: Annotated[str, typer.Option(help="auto: face-centred square crops; none: resize whole frames")] = "auto",
-    crf: Annotated[int, typer.Option(help="H.264 quality (lower is better)")] = 18,
+    dtype: Dtype = "auto",
+    seed: Seed = 42,
+    crop: Crop = "auto",
+    crf: Crf = 18,
     reference_frame: ReferenceFrame = 0,
     vae: Vae = "full",
     attention: Attention = "sdpa",
@@ -194,16 +200,16 @@ def animate_cmd(
 @app.command("demo")
 @handle_errors
 def demo_cmd(
-    output: Annotated[Path, typer.Option("--output", "-o", help="output video: .mp4, .mov, .mkv or .webm")] = Path("demo.mp4"),
+    output: VideoOut = Path("demo.mp4"),
     method: Annotated[str, typer.Option(help="method name; `--method still` needs no weights")] = "personalive",
-    frames: Annotated[int | None, typer.Option(help="animate only the first N driving frames")] = None,
+    frames: Frames = None,
     size: Size = 512,
     fps: Annotated[float | None, typer.Option(help="output fps (default: the demo's 25)")] = None,
     device: Device = "auto",
-    dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16 (auto: fp16 on CUDA, fp32 on CPU)")] = "auto",
-    seed: Annotated[int, typer.Option(help="random seed")] = 42,
-    crop: Annotated[str, typer.Option(help="auto: face-centred square crops; none: resize whole frames")] = "auto",
-    crf: Annotated[int, typer.Option(help="H.264 quality (lower is better)")] = 18,
+    dtype: Dtype = "auto",
+    seed: Seed = 42,
+    crop: Crop = "auto",
+    crf: Crf = 18,
     vae: Vae = "full",
     attention: Attention = "sdpa",
     option: Option = None,
@@ -255,7 +261,7 @@ def stream_cmd(
     size: Size = 512,
     device: Device = "auto",
     dtype: Annotated[str, typer.Option(help="auto|fp32|fp16|bf16")] = "auto",
-    seed: Annotated[int, typer.Option(help="random seed")] = 42,
+    seed: Seed = 42,
     crop: Annotated[str, typer.Option(help="auto|none")] = "auto",
     realtime: Annotated[bool | None, typer.Option("--realtime/--no-realtime",
                         help="pace the source in real time and drop frames when behind (default: webcams only)")] = None,

@@ -17,7 +17,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import yaml
-from helpers import invoke, make_driving_with_audio, probe
+from helpers import invoke, make_driving_with_audio, probe, process_alive
 
 from personalive_cli import registry
 from personalive_cli.errors import UserError
@@ -331,11 +331,7 @@ time.sleep(60)
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    return process_alive(pid)
 
 
 @pytest.fixture

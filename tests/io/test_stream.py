@@ -5,11 +5,11 @@ import subprocess
 import sys
 import time
 from fractions import Fraction
-from pathlib import Path
 
 import av
 import numpy as np
 import pytest
+from helpers import process_alive
 
 from personalive_cli.errors import UserError
 from personalive_cli.io.stream import LiveBuffer, Sink, Source, ffmpeg_sink
@@ -98,11 +98,7 @@ def test_sink_drains_the_stderr_of_its_process():
 
 
 def _alive(pid: int) -> bool:
-    try:
-        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
-    except (OSError, IndexError):
-        return False
-    return state != "Z"
+    return process_alive(pid)
 
 
 def test_sink_kills_the_process_group_that_ignores_the_end_of_its_input(tmp_path):

@@ -3,6 +3,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from helpers import random_keypoint_info
 
 from personalive_cli.models.keypoint_extractor import (
     KeypointExtractor,
@@ -106,13 +107,7 @@ def test_headpose_decoding():
 
 
 def _info(n=1, seed=0, dtype=torch.float64) -> KeypointInfo:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, s=1.0):
-        return (torch.randn(*shape, generator=g) * s).to(dtype)
-
-    return KeypointInfo(kp=r(n, 21, 3, s=0.3), pitch=r(n, s=20), yaw=r(n, s=20), roll=r(n, s=20),
-                        t=r(n, 3, s=0.1), scale=1.2 + r(n, 1, s=0.1))
+    return random_keypoint_info(n, seed, dtype)
 
 
 def test_rotation_matrices_orthonormal():

@@ -3,6 +3,7 @@
 import math
 
 import torch
+from helpers import random_keypoint_info
 
 from personalive_cli.models.keypoint_extractor import KeypointInfo, posed_keypoints
 from personalive_cli.pipeline.keypoints import (
@@ -19,13 +20,7 @@ from personalive_cli.pipeline.keypoints import (
 
 
 def _info(n=1, seed=0, dtype=torch.float64) -> KeypointInfo:
-    g = torch.Generator().manual_seed(seed)
-
-    def r(*shape, s=1.0):
-        return (torch.randn(*shape, generator=g) * s).to(dtype)
-
-    return KeypointInfo(kp=r(n, 21, 3, s=0.3), pitch=r(n, s=20), yaw=r(n, s=20), roll=r(n, s=20),
-                        t=r(n, 3, s=0.1), scale=1.2 + r(n, 1, s=0.1))
+    return random_keypoint_info(n, seed, dtype)
 
 
 # ------------------------------------------------------------------------------------------------ algebra
