@@ -138,9 +138,11 @@ class NewFolder:
                 top = top.parent
             try:
                 self.path.mkdir(parents=True)
+                self.created, self._top = True, top
+            except FileExistsError:
+                pass  # another process (a parallel bench shard) made it first: not ours to remove
             except OSError as exc:
                 raise UserError(f"cannot create {self.path}: {exc.strerror or exc}") from None
-            self.created, self._top = True, top
         return self
 
     def holds_output(self) -> bool:

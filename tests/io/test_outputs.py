@@ -92,3 +92,24 @@ def test_staged_into_moves_parts_in_only_when_complete(tmp_path):
         raise KeyboardInterrupt
     assert (root / "a" / "x.pth").read_bytes() == b"1"  # untouched by the interrupted save
     assert sorted(p.name for p in tmp_path.iterdir()) == ["w"]  # no staging folder left
+
+
+def test_new_folder_made_by_another_process_meanwhile_is_not_an_error(tmp_path, monkeypatch):
+    """Parallel bench shards create the same output folder: whoever comes second must carry on, and
+    must not remove on failure a folder it did not create."""
+    from pathlib import Path
+
+    target = tmp_path / "out"
+    real_mkdir = Path.mkdir
+
+    def racing_mkdir(self, *args, **kwargs):
+        if self == target:
+            real_mkdir(self)  # the other shard wins the race
+            raise FileExistsError(17, "File exists", str(self))
+        return real_mkdir(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "mkdir", racing_mkdir)
+    with pytest.raises(RuntimeError), NewFolder(target) as f:
+        assert not f.created
+        raise RuntimeError
+    assert target.is_dir()
