@@ -228,6 +228,15 @@ class UNetBase(PersonaLiveModelMixin, AttentionProcessorMixin, ModelMixin, Confi
     def device(self) -> torch.device:
         return self.conv_in.weight.device
 
+    def encode(self, x: torch.Tensor, temb: torch.Tensor, cond) -> tuple[torch.Tensor, list[torch.Tensor]]:
+        """The down path and the mid block: ``conv_in`` output (n, C, h, w) → mid features and the
+        skips the up path pops, shared by both UNets (the reference UNet's up path stops early)."""
+        skips = [x]
+        for block in self.down_blocks:
+            x, s = block(x, temb, cond)
+            skips.extend(s)
+        return self.mid_block(x, temb, cond), skips
+
     def attention_block_names(self) -> list[str]:
         """Module paths of the spatial transformer blocks (= bank names), e.g.
         "down_blocks.0.attentions.0.transformer_blocks.0"; order: down, mid, up."""
@@ -336,11 +345,7 @@ class DenoisingUNet(UNetBase):
         if pose_features is not None:
             x = x + fold_frames(pose_features.to(dtype))
 
-        skips = [x]
-        for block in self.down_blocks:
-            x, s = block(x, temb, cond)
-            skips.extend(s)
-        x = self.mid_block(x, temb, cond)
+        x, skips = self.encode(x, temb, cond)
         for block in self.up_blocks:
             x = block(x, temb, skips, cond)
 

@@ -78,12 +78,7 @@ class ReferenceUNet(UNetBase):
         try:
             cond = UNetConditioning(context=clip_embeds.to(dtype), num_frames=1)
             temb = time_embedding(self, timestep, b, b, latent.device, dtype)
-            x = self.conv_in(latent.to(dtype))
-            skips = [x]
-            for block in self.down_blocks:
-                x, s = block(x, temb, cond)
-                skips.extend(s)
-            x = self.mid_block(x, temb, cond)
+            x, skips = self.encode(self.conv_in(latent.to(dtype)), temb, cond)
             for block in self.up_blocks:
                 for j, resnet in enumerate(block.resnets):
                     h = torch.cat([x, skips.pop()], dim=1)
