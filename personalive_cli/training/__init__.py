@@ -1,0 +1,1 @@
+"""Training PersonaLive: the data format, datasets, and the three stages (on accelerate)."""
