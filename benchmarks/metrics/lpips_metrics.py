@@ -13,13 +13,13 @@ truth): target = the driving video by default; ``target=None`` gives the referen
 from __future__ import annotations
 
 import os
-import warnings
 
 import numpy as np
 
 from benchmarks.metrics.common import as_video, resolve_device
 from benchmarks.metrics.errors import MetricUnavailable
 from benchmarks.metrics.weights import ALEXNET, require_module
+from personalive_cli.pretrained_files import WeightsFileError
 
 #: LPIPS resolution: None = the frames' native resolution (512² for PersonaLive outputs).
 DEFAULT_LPIPS_SIZE: int | None = None
@@ -32,23 +32,11 @@ TLP_CROSS_TARGET = "driving"
 def load_alexnet_trunk(model, state_dict: dict) -> None:
     """Copy torchvision AlexNet ``features.*`` weights into an ``lpips`` AlexNet trunk (slice1..slice5).
 
-    Strict: every trunk parameter must be filled, with matching shapes.
+    Strict: every trunk parameter must be filled, with matching shapes (ValueError otherwise).
     """
-    import torch
+    from personalive_cli.lpips_net import load_lpips_trunk  # torch: imported on use
 
-    trunk_sd = model.net.state_dict()
-    new = {}
-    for key in trunk_sd:
-        # lpips keeps torchvision's layer indices: 'slice2.3.weight' <- 'features.3.weight'
-        _, idx, kind = key.split(".")
-        src = f"features.{idx}.{kind}"
-        if src not in state_dict:
-            raise ValueError(f"AlexNet state dict lacks {src} (for lpips {key})")
-        t = state_dict[src]
-        if tuple(t.shape) != tuple(trunk_sd[key].shape):
-            raise ValueError(f"AlexNet {src}: shape {tuple(t.shape)} != {tuple(trunk_sd[key].shape)}")
-        new[key] = torch.as_tensor(t)
-    model.net.load_state_dict(new, strict=True)
+    load_lpips_trunk(model, state_dict)
 
 
 def build_lpips_alex(weights: str | os.PathLike | None = None, weights_dir: str | os.PathLike | None = None,
@@ -58,20 +46,14 @@ def build_lpips_alex(weights: str | os.PathLike | None = None, weights_dir: str 
     ``random_trunk=True`` (and optionally ``random_heads=True``) builds random weights without any file:
     for tests only (``lpips.LPIPS(pretrained=not random_heads, pnet_rand=True, net='alex')``).
     """
-    lpips = require_module("LPIPS", "lpips", "lpips>=0.1.4")
-    import torch
+    require_module("LPIPS", "lpips", "lpips>=0.1.4")
+    from personalive_cli.lpips_net import build_lpips  # torch: imported on use
 
     path = None if random_trunk else ALEXNET.resolve(weights, weights_dir)
-    with warnings.catch_warnings():
-        warnings.simplefilter("ignore", UserWarning)  # torchvision: lpips still passes pretrained=False
-        model = lpips.LPIPS(pretrained=not random_heads, net="alex", version="0.1", pnet_rand=True, verbose=False)
-    if path is not None:
-        try:
-            sd = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as e:  # corrupt / wrong file
-            raise MetricUnavailable("LPIPS", f"cannot read {path}: {e}; {ALEXNET.how}") from e
-        load_alexnet_trunk(model, sd)
-    return model.eval().requires_grad_(False)
+    try:
+        return build_lpips("alex", path, random_heads=random_heads, weight_file=ALEXNET)
+    except WeightsFileError as e:  # corrupt / wrong file
+        raise MetricUnavailable("LPIPS", e.reason, e.searched) from e
 
 
 class LPIPSMetric:

@@ -2,27 +2,20 @@
 
 Lookup order for every file: the explicit path given by the caller, then ``weights_dir`` (the file
 directly in it, or in one of its known sub-folders), then the owning package's standard cache, then
-``$PERSONALIVE_METRICS_DIR`` (default ``~/.cache/personalive/metrics``).
+``$PERSONALIVE_METRICS_DIR`` (default ``~/.cache/personalive/metrics``). The lookup itself is the core's
+(``personalive_cli.pretrained_files``), shared with the training losses.
 """
 
 from __future__ import annotations
 
-import glob
 import importlib.util
 import os
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 from benchmarks.metrics.errors import MetricUnavailable
-
-
-def _torch_hub_checkpoints() -> Path:
-    try:
-        import torch.hub
-
-        return Path(torch.hub.get_dir()) / "checkpoints"
-    except Exception:  # pragma: no cover - torch is a core dependency
-        return Path(os.path.expanduser("~/.cache/torch/hub/checkpoints"))
+from personalive_cli.pretrained_files import WeightFile as CoreWeightFile
+from personalive_cli.pretrained_files import WeightsFileError
 
 
 def personalive_metrics_dir() -> Path:
@@ -34,60 +27,28 @@ def insightface_root() -> Path:
 
 
 @dataclass(frozen=True)
-class WeightFile:
-    """One pretrained file a metric needs."""
+class WeightFile(CoreWeightFile):
+    """One pretrained file a metric needs (``label`` = the metric). The core lookup plus insightface's
+    cache and ``$PERSONALIVE_METRICS_DIR``; a missing file raises MetricUnavailable."""
 
-    metric: str
-    filename: str
-    url: str
-    how: str  # how to get it, one short clause
-    subdirs: tuple[str, ...] = ()  # sub-folders of weights_dir also searched
-    cache: str = ""  # the owning package's cache: "torch_hub" | "insightface" | ""
-    cache_globs: tuple[str, ...] = field(default=())  # extra glob patterns (package caches)
+    @property
+    def metric(self) -> str:
+        return self.label
 
     def standard_locations(self) -> list[Path]:
-        """The package's own cache locations (computed on each call: env vars may change)."""
-        locs: list[Path] = []
-        if self.cache == "torch_hub":
-            locs.append(_torch_hub_checkpoints() / self.filename)
-        elif self.cache == "insightface":
+        locs = super().standard_locations()
+        if self.cache == "insightface":
             locs.append(insightface_root() / "models" / "buffalo_l" / self.filename)
         locs.append(personalive_metrics_dir() / self.filename)
         return locs
 
-    def candidates(self, path: str | os.PathLike | None = None,
-                   weights_dir: str | os.PathLike | None = None) -> list[Path]:
-        out: list[Path] = []
-        if path is not None:
-            out.append(Path(path).expanduser())
-        if weights_dir is not None:
-            wd = Path(weights_dir).expanduser()
-            out.append(wd / self.filename)
-            out.extend(wd / sub / self.filename for sub in self.subdirs)
-        out.extend(self.standard_locations())
-        for pattern in self.cache_globs:
-            out.extend(Path(p) for p in sorted(glob.glob(os.path.expanduser(pattern))))
-        return out
-
-    def missing_message(self, explicit: Path | None = None) -> str:
-        what = str(explicit) if explicit is not None else self.filename
-        return f"{what} not found; {self.how}"
-
     def resolve(self, path: str | os.PathLike | None = None,
                 weights_dir: str | os.PathLike | None = None) -> Path:
-        """The first existing candidate. An explicit ``path`` that does not exist is an error by itself.
-
-        Raises MetricUnavailable (its ``searched`` lists the paths looked at).
-        """
-        if path is not None:
-            p = Path(path).expanduser()
-            if not p.is_file():
-                raise MetricUnavailable(self.metric, self.missing_message(p), [p])
-        looked = self.candidates(path, weights_dir)
-        for p in looked:
-            if p.is_file():
-                return p
-        raise MetricUnavailable(self.metric, self.missing_message(), looked)
+        """The first existing candidate; raises MetricUnavailable (its ``searched`` lists the paths)."""
+        try:
+            return super().resolve(path, weights_dir)
+        except WeightsFileError as e:
+            raise MetricUnavailable(self.metric, e.reason, e.searched) from None
 
     def find(self, path=None, weights_dir=None) -> Path | None:
         try:
@@ -97,7 +58,7 @@ class WeightFile:
 
 
 ALEXNET = WeightFile(
-    metric="LPIPS",
+    label="LPIPS",
     filename="alexnet-owt-7be5be79.pth",
     url="https://download.pytorch.org/models/alexnet-owt-7be5be79.pth",
     how=("download https://download.pytorch.org/models/alexnet-owt-7be5be79.pth into "
@@ -107,7 +68,7 @@ ALEXNET = WeightFile(
 )
 
 ARCFACE = WeightFile(
-    metric="ID-SIM",
+    label="ID-SIM",
     filename="w600k_r50.onnx",
     url="https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip",
     how=("download https://github.com/deepinsight/insightface/releases/download/v0.7/buffalo_l.zip and "
@@ -118,7 +79,7 @@ ARCFACE = WeightFile(
 )
 
 I3D = WeightFile(
-    metric="FVD",
+    label="FVD",
     filename="i3d_torchscript.pt",
     url="https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1",
     how=("download https://www.dropbox.com/s/ge9e5ujwgetktms/i3d_torchscript.pt?dl=1 (StyleGAN-V's I3D) "
@@ -129,7 +90,7 @@ I3D = WeightFile(
 )
 
 FID_INCEPTION = WeightFile(
-    metric="FID",
+    label="FID",
     filename="pt_inception-2015-12-05-6726825d.pth",
     url="https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/pt_inception-2015-12-05-6726825d.pth",
     how=("download https://github.com/mseitzer/pytorch-fid/releases/download/fid_weights/"
