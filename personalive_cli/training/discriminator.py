@@ -55,6 +55,7 @@ LRELU_SLOPE = 0.2
 LRELU_GAIN = math.sqrt(2.0)
 RESIDUAL_GAIN = math.sqrt(0.5)  # both residual paths, so their sum keeps unit variance
 TIMESTEP_PREFIXES = ("time_embedding.", "time_emb_proj.")
+SAVED_WEIGHTS = ("diffusion_pytorch_model.safetensors", "diffusion_pytorch_model.bin")  # save_pretrained's
 
 
 @dataclass(frozen=True)
@@ -260,7 +261,10 @@ class Discriminator(PersonaLiveModelMixin, ModelMixin, ConfigMixin):
 
     ``images``: (n, c, R, R) in [-1, 1] with ``timesteps`` (n,) (per image, e.g. the per-frame timesteps of
     a Stage III window flattened to n = b*f frames) or a scalar; or (b, c, f, R, R) with timesteps (b,),
-    (b, f) or a scalar. Returns (n,) or (b, f) fp32 logits (real > 0 > fake).
+    (b, f) or a scalar. Returns (n,) or (b, f) logits (real > 0 > fake).
+
+    Runs in the parameters' dtype (fp32); under a caller's autocast (the official trainer's accelerate fp16
+    run) the convolutions run in half precision, as there.
     """
 
     @accepts_config_dataclass(DiscriminatorConfig)
@@ -317,9 +321,10 @@ class Discriminator(PersonaLiveModelMixin, ModelMixin, ConfigMixin):
             raise ValueError(f"the discriminator expects (n, {cfg.img_channels}, {cfg.resolution}, "
                              f"{cfg.resolution}) images, got shape {tuple(images.shape)}")
         n = images.shape[0]
-        x = images.to(torch.float32)
+        dtype = self.b4.out.weight.dtype
+        x = images.to(dtype)
         t = self._frame_timesteps(timesteps, n, frames)
-        temb = self.time_embedding(self.time_proj(t).to(torch.float32))
+        temb = self.time_embedding(self.time_proj(t).to(dtype))
         temb = F.silu(temb)
         for proj, res in zip(self.time_emb_proj, self.block_resolutions, strict=True):
             x = getattr(self, f"b{res}")(x)
@@ -354,9 +359,14 @@ def _read_state_dict(path: Path) -> dict[str, torch.Tensor]:
     return dict(sd)
 
 
-def _summary(keys: list[str], limit: int = 6) -> str:
-    shown = ", ".join(keys[:limit])
-    return shown + (f", ... ({len(keys)} in all)" if len(keys) > limit else "")
+def _summary(items: list[str], limit: int = 6) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... ({len(items)} in all)" if len(items) > limit else "")
+
+
+def _modules(keys: list[str]) -> str:
+    """The layers the keys belong to ('time_emb_proj.0.weight' -> 'time_emb_proj.0'), in order, once each."""
+    return _summary(list(dict.fromkeys(k.rsplit(".", 1)[0] for k in keys)), limit=12)
 
 
 def load_discriminator(path: str | Path | None, config: DiscriminatorConfig | None = None,
@@ -365,7 +375,9 @@ def load_discriminator(path: str | Path | None, config: DiscriminatorConfig | No
 
     ``path=None``: random initialisation. Otherwise a state dict file (``.pth``/``.bin`` or
     ``.safetensors``), e.g. the FFHQ-512 ``stylegan2_discriminator_ffhq512.pth`` (Stage II starts from it,
-    loaded non-strictly: it has no timestep layers) or a Stage II checkpoint (Stage III, strict).
+    loaded non-strictly: it has no timestep layers), or a Stage II checkpoint (Stage III, strict): such a
+    file or a `Discriminator.save_pretrained` folder (its weights file is read; the architecture is
+    ``config``'s).
 
     Keys absent from the file keep their initialisation and keys the model does not have are ignored; both
     are logged. ``strict=True`` makes either a UserError. A tensor whose shape does not fit, an unreadable
@@ -377,6 +389,12 @@ def load_discriminator(path: str | Path | None, config: DiscriminatorConfig | No
         logger.info("discriminator: random initialisation (no weights file given)")
         return model
     path = Path(path).expanduser()
+    if path.is_dir():
+        inside = [path / SAVED_WEIGHTS[0], path / SAVED_WEIGHTS[1]]
+        if not any(p.is_file() for p in inside):
+            raise UserError(f"discriminator folder {path} has no {' or '.join(SAVED_WEIGHTS)} "
+                            "(a Discriminator.save_pretrained folder)")
+        path = next(p for p in inside if p.is_file())
     if not path.is_file():
         raise UserError(_missing_file_message(path))
     sd = _read_state_dict(path)
@@ -399,12 +417,12 @@ def load_discriminator(path: str | Path | None, config: DiscriminatorConfig | No
     if new_layers:
         logger.info("discriminator: %d timestep-layer tensors are not in %s and keep their initialisation "
                     "(zero projections, so D starts independent of t): %s", len(new_layers), path,
-                    _summary(new_layers))
+                    _modules(new_layers))
     if other:
         logger.warning("discriminator: %d tensors missing from %s keep their random initialisation: %s",
-                       len(other), path, _summary(other))
+                       len(other), path, _modules(other))
     if unexpected:
         logger.warning("discriminator: %d tensors in %s are not part of the discriminator and are ignored: %s",
-                       len(unexpected), path, _summary(unexpected))
+                       len(unexpected), path, _modules(unexpected))
     logger.info("discriminator: loaded %d tensors from %s", len(sd) - len(unexpected), path)
     return model
