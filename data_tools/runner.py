@@ -1,0 +1,614 @@
+"""Running clip jobs into a dataset folder: sharding, a process pool, resuming, face boxes, manifests.
+
+Every ``personalive data prepare`` command lists its clips as :class:`ClipJob` s (where each clip's
+frames come from) and hands them to :func:`run_jobs`, which writes, per clip (layout in
+``personalive_cli.training.clips``)::
+
+    DST/videos/<id>.mp4    the clip (written to a temporary name, renamed when complete)
+    DST/boxes/<id>.npz     its per-frame face / eye / mouth boxes, written after the video
+
+so an existing boxes file means a finished clip. A clip whose video and boxes exist is skipped; a video
+without boxes (an interrupted run, a run with ``--no-boxes``) only gets its boxes computed. Boxes are
+computed on the output frames as they are encoded (the encoded file differs from them only by
+compression), or, for a video already in place, on its decoded frames.
+
+Scale: ``workers`` > 1 runs clips in a process pool (each worker its own FaceMesh); ``shard=(i, n)``
+does only the clips whose position in the id-sorted list is ``i`` mod ``n``, so a cluster scheduler can
+run ``n`` such processes over one DST. The manifests (``train_manifest.csv``, and the bench's
+``manifest.csv``) are merged under an ``fcntl.flock`` lock on ``DST/.prepare.lock`` at the end of
+each run (also an interrupted one): the rows already there (whose files still exist) plus this run's
+clips. So concurrent shards never lose each other's rows, and once all shards have ended the
+manifests list every clip. ``DST/prepare.json`` records the settings (checked under the same lock:
+another run with other settings is refused unless ``force``) and the splits the folder holds.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import csv
+import fcntl
+import json
+import logging
+import multiprocessing
+import os
+import queue as queue_mod
+import time
+from collections.abc import Callable, Iterator
+from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
+from concurrent.futures.process import BrokenProcessPool
+from dataclasses import dataclass, field
+from fractions import Fraction
+from pathlib import Path
+
+import numpy as np
+
+from data_tools.manifest import Entry, read_manifest, write_manifest
+from personalive_cli.errors import UserError
+from personalive_cli.io.outputs import NewFolder, check_output_folder
+from personalive_cli.io.video import VideoReader, VideoWriter
+from personalive_cli.training.clips import MANIFEST_NAME, SPLITS, ClipBoxes, TrainClip, write_train_manifest
+
+log = logging.getLogger(__name__)
+
+SETTINGS_FILE = "prepare.json"
+BENCH_MANIFEST = "manifest.csv"
+LOCK_FILE = ".prepare.lock"
+
+
+@dataclass
+class PrepareOptions:
+    """What to make (``size``, ``fps``, ``crop``, ``max_frames``, ``crf``: the settings ``prepare.json``
+    records) and how to run (the rest)."""
+
+    size: int = 512
+    fps: float = 25.0
+    crop: str = "auto"
+    max_frames: int | None = None
+    cross: bool = False  # also write cross-reenactment pairs into the bench manifest
+    crf: int = 15
+    force: bool = False  # redo clips already prepared
+    boxes: bool = True  # compute face boxes and the training manifest (needs mediapipe)
+    workers: int = 1
+    shard: tuple[int, int] = (0, 1)  # (i, n): this run does the clips at sorted positions i mod n
+    split: str = "train"
+    allow_val_in_train: bool = False
+
+    def settings(self) -> dict:
+        return {"size": self.size, "fps": self.fps, "crop": self.crop, "max_frames": self.max_frames,
+                "crf": self.crf}
+
+    @property
+    def frame_rate(self) -> Fraction:
+        return Fraction(self.fps).limit_denominator(1001)
+
+    def validate(self) -> None:
+        if self.size < 64 or self.fps <= 0:
+            raise UserError("--size must be at least 64 and --fps positive")
+        if self.max_frames is not None and self.max_frames < 1:
+            raise UserError("--max-frames must be at least 1")
+        if self.workers < 1:
+            raise UserError(f"--workers must be at least 1, got {self.workers}")
+        i, n = self.shard
+        if not (n >= 1 and 0 <= i < n):
+            raise UserError(f"--shard must be I/N with 0 <= I < N, got {i}/{n}")
+        if self.split not in SPLITS:
+            raise UserError(f"--split must be {' or '.join(SPLITS)}, got {self.split!r}")
+
+
+def parse_shard(text: str) -> tuple[int, int]:
+    """``"i/n"`` → ``(i, n)``; anything else is one clear error line."""
+    try:
+        i, n = (int(p) for p in text.split("/"))
+    except ValueError:
+        raise UserError(f"--shard must be I/N (e.g. 0/4: the first of 4 shards), got {text!r}") from None
+    if not (n >= 1 and 0 <= i < n):
+        raise UserError(f"--shard must be I/N with 0 <= I < N (shards are numbered from 0), got {text!r}")
+    return i, n
+
+
+@dataclass
+class Rendering:
+    """A clip's output frames (square, ``size``²), produced lazily."""
+
+    total: int  # how many frames ``frames`` will yield (for progress)
+    frames: Iterator[np.ndarray]
+    audio_from: Path | None = None  # keep this file's audio, from ``audio_start`` s, cut to the clip
+    audio_start: float = 0.0
+
+
+@dataclass
+class ClipJob:
+    """One output clip, ``videos/<id>.mp4``. Subclasses say where its frames come from; they are sent to
+    worker processes, so they hold only picklable values."""
+
+    id: str
+    source: str  # the ``source`` column of the manifests
+
+    def render(self, opts: PrepareOptions) -> Rendering | None:
+        """The clip's frames; ``None`` when the clip is the video already in place (boxes only)."""
+        return None
+
+
+@dataclass
+class Outcome:
+    id: str
+    status: str  # done (video + boxes written), boxed (boxes of a video in place), skipped, dropped, failed
+    frames: int = 0
+    size: int = 0
+    fps: float = 0.0
+    message: str = ""
+
+
+class PrepareEvents:
+    """Progress callbacks (the CLI draws bars with them); the defaults do nothing."""
+
+    def start(self, clips: int) -> None: ...
+
+    def clip_started(self, clip_id: str, frames: int) -> None: ...
+
+    def frames_done(self, n: int = 1) -> None: ...
+
+    def clip_done(self, outcome: Outcome) -> None: ...
+
+
+@dataclass
+class PrepareResult:
+    manifest: Path  # the bench manifest
+    train_manifest: Path | None  # None without boxes
+    done: list[str] = field(default_factory=list)
+    boxed: list[str] = field(default_factory=list)
+    skipped: list[str] = field(default_factory=list)
+    dropped: list[str] = field(default_factory=list)
+    failed: dict[str, str] = field(default_factory=dict)
+    clips: int = 0  # clips of this run (its shard)
+    frames: int = 0  # frames this run wrote or computed boxes of
+    seconds: float = 0.0
+
+
+# ---------------------------------------------------------------------------------------------------
+# one clip (in this process or in a worker)
+
+
+def clip_paths(dst: Path, clip_id: str) -> tuple[Path, Path]:
+    return dst / "videos" / f"{clip_id}.mp4", dst / "boxes" / f"{clip_id}.npz"
+
+
+def process_job(job: ClipJob, dst: Path, opts: PrepareOptions, mesh: Callable, events: PrepareEvents) -> Outcome:
+    """Make one clip (or only its boxes); every error a clip can cause is its ``failed`` outcome."""
+    video, boxes = clip_paths(dst, job.id)
+    try:
+        rendering = job.render(opts) if (opts.force or not video.is_file()) else None
+        if rendering is None:
+            return _box_video_in_place(job, video, boxes, mesh(), events)
+        return _render(job, rendering, video, boxes, opts, mesh() if opts.boxes else None, events)
+    except UserError as exc:
+        return Outcome(job.id, "failed", message=str(exc))
+
+
+def _box_video_in_place(job: ClipJob, video: Path, boxes_path: Path, mesh, events: PrepareEvents) -> Outcome:
+    from data_tools.boxes import track_frames
+
+    reader = VideoReader(video, role="clip")
+    w, h = reader.info.width, reader.info.height
+    if w != h:
+        return Outcome(job.id, "failed", message=f"{video} is {w}x{h}, not square: crop it first "
+                                                 "(personalive data prepare folder)")
+    events.clip_started(job.id, len(reader))
+    boxes = track_frames(reader.iter_frames(), mesh, events.frames_done)
+    if boxes is None:
+        return Outcome(job.id, "dropped", message="no face on the first frame")
+    boxes.save(boxes_path)
+    return Outcome(job.id, "boxed", frames=len(boxes), size=w, fps=float(reader.info.fps))
+
+
+def _render(job: ClipJob, r: Rendering, video: Path, boxes_path: Path, opts: PrepareOptions, mesh,
+            events: PrepareEvents) -> Outcome:
+    from data_tools.boxes import BoxTrack
+
+    events.clip_started(job.id, r.total)
+    track = BoxTrack() if mesh is not None else None
+    writer = None
+    try:
+        for frame in r.frames:
+            if track is not None and not track.add(mesh.boxes(frame)):
+                return Outcome(job.id, "dropped", message="no face on the first frame")
+            if writer is None:  # opened at the first kept frame: a dropped clip leaves no file at all
+                writer = VideoWriter(video, opts.frame_rate, crf=opts.crf, audio_from=r.audio_from,
+                                     audio_start=r.audio_start)
+            writer.write(frame)
+            events.frames_done(1)
+        if writer is None:
+            return Outcome(job.id, "failed", message="no frames to write")
+        n, finishing, writer = writer.frames, writer, None
+        finishing.close()
+    finally:
+        if writer is not None:
+            writer.abort()
+        r.frames.close()
+    if track is not None:  # after the video: an existing boxes file means a finished clip
+        track.result().save(boxes_path)
+    return Outcome(job.id, "done", frames=n, size=opts.size, fps=float(opts.frame_rate))
+
+
+class _LazyMesh:
+    """One FaceMesh per process, made when the first clip needs it."""
+
+    def __init__(self) -> None:
+        self._mesh = None
+
+    def __call__(self):
+        if self._mesh is None:
+            from personalive_cli.faces.mesh import FaceMesh
+
+            self._mesh = FaceMesh()
+        return self._mesh
+
+    def close(self) -> None:
+        if self._mesh is not None:
+            self._mesh.close()
+            self._mesh = None
+
+
+# worker-process state (spawned processes: each has its own FaceMesh and the queue back to the parent)
+_worker: dict = {}
+
+
+def _init_worker(events_queue) -> None:
+    _worker["queue"] = events_queue
+    _worker["mesh"] = _LazyMesh()
+
+
+class _QueueEvents(PrepareEvents):
+    """A worker's progress, sent to the parent in batches of at most a tenth of a second."""
+
+    def __init__(self, q) -> None:
+        self.q, self.pending, self.last = q, 0, time.monotonic()
+
+    def clip_started(self, clip_id: str, frames: int) -> None:
+        self.q.put(("start", clip_id, frames))
+
+    def frames_done(self, n: int = 1) -> None:
+        self.pending += n
+        if time.monotonic() - self.last > 0.1:
+            self.flush()
+
+    def flush(self) -> None:
+        if self.pending:
+            self.q.put(("frames", self.pending))
+        self.pending, self.last = 0, time.monotonic()
+
+
+def _work(job: ClipJob, dst: Path, opts: PrepareOptions) -> Outcome:
+    events = _QueueEvents(_worker["queue"])
+    try:
+        return process_job(job, dst, opts, _worker["mesh"], events)
+    finally:
+        events.flush()
+
+
+def _drain(q, events: PrepareEvents) -> None:
+    while True:
+        try:
+            msg = q.get_nowait()
+        except queue_mod.Empty:
+            return
+        if msg[0] == "start":
+            events.clip_started(msg[1], msg[2])
+        else:
+            events.frames_done(msg[1])
+
+
+def _execute(jobs: list[ClipJob], dst: Path, opts: PrepareOptions, events: PrepareEvents) -> Iterator[Outcome]:
+    if opts.workers == 1 or len(jobs) <= 1:
+        mesh = _LazyMesh()
+        try:
+            for job in jobs:
+                yield process_job(job, dst, opts, mesh, events)
+        finally:
+            mesh.close()
+        return
+    # spawn, not fork: the parent may run mediapipe and rich threads, which a forked child would inherit
+    # in whatever state they were
+    ctx = multiprocessing.get_context("spawn")
+    q = ctx.Queue()
+    todo = iter(jobs)
+    pending: dict = {}
+    with ProcessPoolExecutor(min(opts.workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
+                             initargs=(q,)) as pool:
+
+        def submit_next() -> None:
+            job = next(todo, None)
+            if job is not None:
+                pending[pool.submit(_work, job, dst, opts)] = job
+
+        for _ in range(2 * opts.workers):  # a short queue: hundreds of thousands of clips need no futures
+            submit_next()
+        try:
+            while pending:
+                finished, _ = wait(pending, timeout=0.2, return_when=FIRST_COMPLETED)
+                _drain(q, events)
+                for fut in finished:
+                    job = pending.pop(fut)
+                    try:
+                        outcome = fut.result()
+                    except BrokenProcessPool:
+                        raise UserError(f"a worker process died while preparing {job.id} (out of memory?); "
+                                        "run the command again to resume") from None
+                    yield outcome
+                    submit_next()
+            _drain(q, events)
+        except BaseException:
+            pool.shutdown(wait=True, cancel_futures=True)
+            raise
+
+
+# ---------------------------------------------------------------------------------------------------
+# the folder: settings, splits, manifests (under the lock)
+
+
+@contextlib.contextmanager
+def locked(dst: Path) -> Iterator[None]:
+    """An exclusive ``flock`` on ``DST/.prepare.lock``: one run at a time reads and writes the shared
+    files (``prepare.json``, the manifests), whatever machine of a shared file system it runs on (as far
+    as the file system honours flock)."""
+    fd = os.open(dst / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o666)
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX)
+        yield
+    finally:
+        os.close(fd)  # closing releases the lock
+
+
+def _write_json(path: Path, data: dict) -> None:
+    tmp = path.with_name(f".{path.name}.part")
+    tmp.write_text(json.dumps(data, indent=2))
+    os.replace(tmp, path)
+
+
+def _manifest_splits(dst: Path) -> set[str]:
+    path = dst / MANIFEST_NAME
+    if not path.is_file():
+        return set()
+    try:
+        with path.open(newline="") as f:
+            return {row.get("split") or "train" for row in csv.DictReader(f)}
+    except (OSError, csv.Error, UnicodeDecodeError):
+        return set()
+
+
+def _split_refusal(dst: Path, split: str, held: list[str]) -> str:
+    if split == "val":
+        return (f"{dst} holds training clips and these are val clips (an evaluation set: TalkingHead-1KH's "
+                "official test split); in one folder, training would see the test set. Use another DST, or "
+                "--allow-val-in-train if that is what you want")
+    return (f"{dst} holds {', '.join(held)} clips (an evaluation set) and these are training clips; in one "
+            "folder, training would see the test set. Use another DST, or --allow-val-in-train if that is "
+            "what you want")
+
+
+def _checked(dst: Path, settings: dict | None, opts: PrepareOptions) -> tuple[dict, dict]:
+    """(``prepare.json`` now, what it is to become), or the error refusing this run."""
+    path = dst / SETTINGS_FILE
+    try:
+        data = json.loads(path.read_text()) if path.is_file() else {}
+    except (OSError, ValueError) as exc:
+        raise UserError(f"cannot read {path}: {exc}") from None
+    old = {k: v for k, v in data.items() if k != "splits"}
+    if settings is not None and old and old != settings and not opts.force:
+        raise UserError(f"{dst} was prepared with other settings ({old}); use another DST or --force")
+    splits = set(data.get("splits") or []) | _manifest_splits(dst)
+    others = sorted(splits - {opts.split})
+    if others and not opts.allow_val_in_train:
+        raise UserError(_split_refusal(dst, opts.split, others))
+    kept = settings if settings is not None and (not old or opts.force) else old
+    return data, {**kept, "splits": sorted(splits | {opts.split})}
+
+
+def check_folder(dst: Path, settings: dict | None, opts: PrepareOptions) -> None:
+    """Refuse a run ``prepare.json`` would refuse, before writing anything (:func:`claim` decides)."""
+    if dst.is_dir():
+        _checked(dst, settings, opts)
+
+
+def claim(dst: Path, settings: dict | None, opts: PrepareOptions) -> bool:
+    """Check this run against ``prepare.json`` (settings, splits) and record it there, under the lock.
+    ``settings`` None: clips made elsewhere (``prepare boxes``), nothing to compare. True when this
+    run wrote ``prepare.json`` first."""
+    with locked(dst):
+        data, new = _checked(dst, settings, opts)
+        if new != data:
+            _write_json(dst / SETTINGS_FILE, new)
+    return not data
+
+
+@dataclass
+class _Record:
+    """What the manifests say of one clip; ``boxes`` empty for a clip without boxes."""
+
+    id: str
+    video: str
+    boxes: str
+    frames: int
+    size: int
+    fps: float
+    split: str
+    source: str
+
+
+def _read_records(dst: Path) -> dict[str, _Record]:
+    """The clips the folder's manifests list now: the bench manifest's, completed by the training one's."""
+    records: dict[str, _Record] = {}
+    bench = dst / BENCH_MANIFEST
+    if bench.is_file():
+        for e in read_manifest(bench):
+            if e.protocol == "self":
+                records[e.id] = _Record(e.id, e.driving, "", e.frames or 0, 0, e.fps or 0.0, "", e.source)
+    train = dst / MANIFEST_NAME
+    if train.is_file():
+        try:
+            with train.open(newline="") as f:
+                rows = list(csv.DictReader(f))
+            for row in rows:
+                records[row["id"]] = _Record(row["id"], row["video"], row["boxes"], int(row["frames"]),
+                                             int(row["size"]), float(row["fps"]), row.get("split") or "train",
+                                             row.get("source") or "")
+        except (OSError, csv.Error, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
+            raise UserError(f"cannot read {train}: {exc} (delete it: the next run rebuilds it from its clips)") \
+                from None
+    return records
+
+
+def _has_cross(dst: Path) -> bool:
+    bench = dst / BENCH_MANIFEST
+    return bench.is_file() and any(e.protocol == "cross" for e in read_manifest(bench))
+
+
+def update_manifests(dst: Path, records: dict[str, _Record], cross: bool = False) -> tuple[int, int]:
+    """Merge ``records`` into the folder's manifests under the lock; rows whose files are gone are dropped.
+    Returns (training rows, bench self-reenactment rows)."""
+    with locked(dst):
+        merged = _read_records(dst)
+        merged.update(records)
+        kept = {k: r for k, r in merged.items() if (dst / r.video).is_file()}
+        train = [TrainClip(id=r.id, video=r.video, boxes=r.boxes, frames=r.frames, size=r.size, fps=r.fps,
+                           split=r.split or "train", source=r.source)
+                 for r in kept.values() if r.boxes and (dst / r.boxes).is_file()]
+        if train:
+            write_train_manifest(dst / MANIFEST_NAME, train)
+        else:
+            (dst / MANIFEST_NAME).unlink(missing_ok=True)
+        selfs = [Entry(id=r.id, protocol="self", driving=r.video, frames=r.frames, fps=r.fps, source=r.source)
+                 for r in sorted(kept.values(), key=lambda r: r.id)]
+        entries = list(selfs)
+        if (cross or _has_cross(dst)) and len(selfs) >= 2:
+            entries += _cross_pairs(dst, selfs)
+        if entries:
+            write_manifest(dst / BENCH_MANIFEST, entries)
+    return len(train), len(selfs)
+
+
+def _cross_pairs(dst: Path, selfs: list[Entry]) -> list[Entry]:
+    """Driving video i with the first frame of video i+1 (mod n) as the reference."""
+    from PIL import Image
+
+    (dst / "references").mkdir(exist_ok=True)
+    pairs = []
+    for i, drv in enumerate(selfs):
+        ref = selfs[(i + 1) % len(selfs)]
+        ref_path = dst / "references" / f"{ref.id}.png"
+        if not ref_path.is_file():
+            frame = next(VideoReader(dst / ref.driving).iter_frames(0, 1))
+            tmp = ref_path.with_name(f".{ref_path.name}.part.png")
+            Image.fromarray(frame).save(tmp)
+            tmp.replace(ref_path)
+        pairs.append(Entry(id=f"{drv.id}__x__{ref.id}", protocol="cross", driving=drv.driving,
+                           reference=ref_path.relative_to(dst).as_posix(), frames=drv.frames, fps=drv.fps))
+    return pairs
+
+
+def _record_in_place(dst: Path, job: ClipJob, opts: PrepareOptions, known: _Record | None) -> _Record | None:
+    """The manifest row of a clip this run skipped: what the manifests said, else read from its files."""
+    video, boxes = clip_paths(dst, job.id)
+    has_boxes = opts.boxes and boxes.is_file()
+    if known is not None and known.size and (known.boxes or not has_boxes):
+        return known
+    try:
+        reader = VideoReader(video, role="clip")
+        frames = len(ClipBoxes.load(boxes)) if has_boxes else len(reader)
+    except UserError as exc:
+        log.warning("%s left out of the manifests: %s", job.id, exc)
+        return None
+    return _Record(job.id, video.relative_to(dst).as_posix(), boxes.relative_to(dst).as_posix() if has_boxes else "",
+                   frames, reader.info.width, float(reader.info.fps), known.split if known and known.split
+                   else opts.split, known.source if known and known.source else job.source)
+
+
+def _holds_clips(dst: Path) -> bool:
+    return (dst / "videos").is_dir() and any(p.suffix == ".mp4" and not p.name.startswith(".")
+                                            for p in (dst / "videos").iterdir())
+
+
+# ---------------------------------------------------------------------------------------------------
+
+
+def run_jobs(dst: str | Path, jobs: list[ClipJob], opts: PrepareOptions, events: PrepareEvents | None = None,
+             settings: dict | None = None) -> PrepareResult:
+    """Prepare this run's share of ``jobs`` (see the module docstring) into ``dst``. ``settings``: what
+    ``prepare.json`` must match (None: clips already in place, see ``prepare boxes``)."""
+    dst = Path(dst)
+    events = events or PrepareEvents()
+    opts.validate()
+    if opts.boxes:
+        from personalive_cli.extras import require_extra
+
+        require_extra("train", "face boxes (personalive data prepare)", modules=("mediapipe",))
+    i, n = opts.shard
+    mine = sorted(jobs, key=lambda j: j.id)[i::n]
+    result = PrepareResult(manifest=dst / BENCH_MANIFEST, train_manifest=dst / MANIFEST_NAME if opts.boxes else None,
+                           clips=len(mine))
+    if not mine:
+        if n > 1:
+            log.info("nothing to do: shard %d/%d holds none of the %d clip(s)", i, n, len(jobs))
+        return result
+    check_output_folder(dst)
+    with NewFolder(dst, scaffolding=[SETTINGS_FILE]):
+        fresh = claim(dst, settings, opts)
+        try:
+            with NewFolder(dst / "videos"), NewFolder(dst / "boxes") if opts.boxes else contextlib.nullcontext():
+                _run(dst, mine, opts, events, result)
+        except BaseException:
+            if fresh and not _holds_clips(dst):  # the settings of a run that made nothing are not kept
+                (dst / SETTINGS_FILE).unlink(missing_ok=True)
+            raise
+    return result
+
+
+def _run(dst: Path, mine: list[ClipJob], opts: PrepareOptions, events: PrepareEvents, result: PrepareResult) -> None:
+    known = _read_records(dst)
+    todo, skipped = [], []
+    for job in mine:
+        video, boxes = clip_paths(dst, job.id)
+        finished = video.is_file() and (boxes.is_file() or not opts.boxes)
+        (skipped if finished and not opts.force else todo).append(job)
+    events.start(len(mine))
+    records: dict[str, _Record] = {}
+    by_id = {job.id: job for job in todo}
+    t0 = time.monotonic()
+    try:
+        for job in skipped:
+            result.skipped.append(job.id)
+            events.clip_done(Outcome(job.id, "skipped"))
+        for out in _execute(todo, dst, opts, events):
+            if out.status in ("done", "boxed"):
+                getattr(result, out.status).append(out.id)
+                result.frames += out.frames
+                video, boxes = clip_paths(dst, out.id)
+                records[out.id] = _Record(out.id, video.relative_to(dst).as_posix(),
+                                          boxes.relative_to(dst).as_posix() if opts.boxes else "", out.frames,
+                                          out.size, out.fps, opts.split, by_id[out.id].source)
+            elif out.status == "dropped":
+                result.dropped.append(out.id)
+            else:
+                result.failed[out.id] = out.message
+            events.clip_done(out)
+    finally:
+        result.seconds = time.monotonic() - t0
+        for job in skipped:
+            rec = _record_in_place(dst, job, opts, known.get(job.id))
+            if rec is not None:
+                records[job.id] = rec
+        if records:
+            update_manifests(dst, records, opts.cross)
+    if not (result.done or result.boxed or result.skipped):
+        raise UserError(f"no clip could be prepared: {_why_none(result)}")
+
+
+def _why_none(result: PrepareResult) -> str:
+    parts = []
+    if result.dropped:
+        more = ", ..." if len(result.dropped) > 3 else ""
+        parts.append(f"{len(result.dropped)} without a face on the first frame ({', '.join(result.dropped[:3])}{more})")
+    parts += [f"{k}: {v}" for k, v in list(result.failed.items())[:3]]
+    if len(result.failed) > 3:
+        parts.append(f"and {len(result.failed) - 3} more failed")
+    return "; ".join(parts)
