@@ -27,9 +27,9 @@ from pathlib import Path
 
 import numpy as np
 
+from data_tools.dataset_folder import SETTINGS_FILE
 from data_tools.manifest import list_videos
 from data_tools.runner import (
-    SETTINGS_FILE,
     ClipJob,
     PrepareEvents,
     PrepareOptions,
@@ -134,5 +134,8 @@ def prepare_boxes(data: str | Path, opts: PrepareOptions, events: PrepareEvents 
     if not videos:
         raise UserError(f"no clips in {data / 'videos'} (a dataset folder holds videos/<id>.mp4; to crop raw "
                         f"videos use `personalive data prepare folder SRC DST`)")
+    from personalive_cli.extras import require_extra
+
+    require_extra("train", "personalive data prepare boxes", modules=("mediapipe",))
     jobs = [ClipJob(id=v.stem, source=v.relative_to(data).as_posix()) for v in videos]
     return run_jobs(data, jobs, dataclasses.replace(opts, boxes=True), events, settings=None)

@@ -14,23 +14,18 @@ compression), or, for a video already in place, on its decoded frames.
 
 Scale: ``workers`` > 1 runs clips in a process pool (each worker its own FaceMesh); ``shard=(i, n)``
 does only the clips whose position in the id-sorted list is ``i`` mod ``n``, so a cluster scheduler can
-run ``n`` such processes over one DST. The manifests (``train_manifest.csv``, and the bench's
-``manifest.csv``) are merged under an ``fcntl.flock`` lock on ``DST/.prepare.lock`` at the end of
-each run (also an interrupted one): the rows already there (whose files still exist) plus this run's
-clips. So concurrent shards never lose each other's rows, and once all shards have ended the
-manifests list every clip. ``DST/prepare.json`` records the settings (checked under the same lock:
-another run with other settings is refused unless ``force``) and the splits the folder holds.
+run ``n`` such processes over one DST. Each run merges its clips into the manifests
+(``train_manifest.csv``, and the bench's ``manifest.csv``) under a lock when it ends, also when
+interrupted (:mod:`data_tools.dataset_folder`): concurrent shards never lose each other's rows, and
+once all shards have ended the manifests list every clip. ``DST/prepare.json`` records the settings
+(another run with other settings is refused unless ``force``) and the splits the folder holds.
 """
 
 from __future__ import annotations
 
 import contextlib
-import csv
-import fcntl
-import json
 import logging
 import multiprocessing
-import os
 import queue as queue_mod
 import time
 from collections.abc import Callable, Iterator
@@ -42,17 +37,20 @@ from pathlib import Path
 
 import numpy as np
 
-from data_tools.manifest import Entry, read_manifest, write_manifest
+from data_tools.dataset_folder import (
+    BENCH_MANIFEST,
+    SETTINGS_FILE,
+    ClipRecord,
+    claim,
+    read_records,
+    update_manifests,
+)
 from personalive_cli.errors import UserError
 from personalive_cli.io.outputs import NewFolder, check_output_folder
 from personalive_cli.io.video import VideoReader, VideoWriter
-from personalive_cli.training.clips import MANIFEST_NAME, SPLITS, ClipBoxes, TrainClip, write_train_manifest
+from personalive_cli.training.clips import MANIFEST_NAME, SPLITS, ClipBoxes
 
 log = logging.getLogger(__name__)
-
-SETTINGS_FILE = "prepare.json"
-BENCH_MANIFEST = "manifest.csv"
-LOCK_FILE = ".prepare.lock"
 
 
 @dataclass
@@ -286,6 +284,12 @@ def _work(job: ClipJob, dst: Path, opts: PrepareOptions) -> Outcome:
         events.flush()
 
 
+def _preload_mediapipe() -> list[str]:
+    import importlib.util
+
+    return ["mediapipe.python.solutions.face_mesh"] if importlib.util.find_spec("mediapipe") else []
+
+
 def _drain(q, events: PrepareEvents) -> None:
     while True:
         try:
@@ -307,9 +311,11 @@ def _execute(jobs: list[ClipJob], dst: Path, opts: PrepareOptions, events: Prepa
         finally:
             mesh.close()
         return
-    # spawn, not fork: the parent may run mediapipe and rich threads, which a forked child would inherit
-    # in whatever state they were
-    ctx = multiprocessing.get_context("spawn")
+    # forkserver, not fork: the parent may run mediapipe and rich threads, which a forked child would
+    # inherit in whatever state they were. The server (a fresh, single-threaded process) imports the
+    # heavy modules once (mediapipe's take seconds) and forks every worker from there.
+    ctx = multiprocessing.get_context("forkserver")
+    ctx.set_forkserver_preload(["data_tools.runner", "personalive_cli.faces.mesh", *_preload_mediapipe()])
     q = ctx.Queue()
     todo = iter(jobs)
     pending: dict = {}
@@ -342,171 +348,7 @@ def _execute(jobs: list[ClipJob], dst: Path, opts: PrepareOptions, events: Prepa
             raise
 
 
-# ---------------------------------------------------------------------------------------------------
-# the folder: settings, splits, manifests (under the lock)
-
-
-@contextlib.contextmanager
-def locked(dst: Path) -> Iterator[None]:
-    """An exclusive ``flock`` on ``DST/.prepare.lock``: one run at a time reads and writes the shared
-    files (``prepare.json``, the manifests), whatever machine of a shared file system it runs on (as far
-    as the file system honours flock)."""
-    fd = os.open(dst / LOCK_FILE, os.O_CREAT | os.O_RDWR, 0o666)
-    try:
-        fcntl.flock(fd, fcntl.LOCK_EX)
-        yield
-    finally:
-        os.close(fd)  # closing releases the lock
-
-
-def _write_json(path: Path, data: dict) -> None:
-    tmp = path.with_name(f".{path.name}.part")
-    tmp.write_text(json.dumps(data, indent=2))
-    os.replace(tmp, path)
-
-
-def _manifest_splits(dst: Path) -> set[str]:
-    path = dst / MANIFEST_NAME
-    if not path.is_file():
-        return set()
-    try:
-        with path.open(newline="") as f:
-            return {row.get("split") or "train" for row in csv.DictReader(f)}
-    except (OSError, csv.Error, UnicodeDecodeError):
-        return set()
-
-
-def _split_refusal(dst: Path, split: str, held: list[str]) -> str:
-    if split == "val":
-        return (f"{dst} holds training clips and these are val clips (an evaluation set: TalkingHead-1KH's "
-                "official test split); in one folder, training would see the test set. Use another DST, or "
-                "--allow-val-in-train if that is what you want")
-    return (f"{dst} holds {', '.join(held)} clips (an evaluation set) and these are training clips; in one "
-            "folder, training would see the test set. Use another DST, or --allow-val-in-train if that is "
-            "what you want")
-
-
-def _checked(dst: Path, settings: dict | None, opts: PrepareOptions) -> tuple[dict, dict]:
-    """(``prepare.json`` now, what it is to become), or the error refusing this run."""
-    path = dst / SETTINGS_FILE
-    try:
-        data = json.loads(path.read_text()) if path.is_file() else {}
-    except (OSError, ValueError) as exc:
-        raise UserError(f"cannot read {path}: {exc}") from None
-    old = {k: v for k, v in data.items() if k != "splits"}
-    if settings is not None and old and old != settings and not opts.force:
-        raise UserError(f"{dst} was prepared with other settings ({old}); use another DST or --force")
-    splits = set(data.get("splits") or []) | _manifest_splits(dst)
-    others = sorted(splits - {opts.split})
-    if others and not opts.allow_val_in_train:
-        raise UserError(_split_refusal(dst, opts.split, others))
-    kept = settings if settings is not None and (not old or opts.force) else old
-    return data, {**kept, "splits": sorted(splits | {opts.split})}
-
-
-def check_folder(dst: Path, settings: dict | None, opts: PrepareOptions) -> None:
-    """Refuse a run ``prepare.json`` would refuse, before writing anything (:func:`claim` decides)."""
-    if dst.is_dir():
-        _checked(dst, settings, opts)
-
-
-def claim(dst: Path, settings: dict | None, opts: PrepareOptions) -> bool:
-    """Check this run against ``prepare.json`` (settings, splits) and record it there, under the lock.
-    ``settings`` None: clips made elsewhere (``prepare boxes``), nothing to compare. True when this
-    run wrote ``prepare.json`` first."""
-    with locked(dst):
-        data, new = _checked(dst, settings, opts)
-        if new != data:
-            _write_json(dst / SETTINGS_FILE, new)
-    return not data
-
-
-@dataclass
-class _Record:
-    """What the manifests say of one clip; ``boxes`` empty for a clip without boxes."""
-
-    id: str
-    video: str
-    boxes: str
-    frames: int
-    size: int
-    fps: float
-    split: str
-    source: str
-
-
-def _read_records(dst: Path) -> dict[str, _Record]:
-    """The clips the folder's manifests list now: the bench manifest's, completed by the training one's."""
-    records: dict[str, _Record] = {}
-    bench = dst / BENCH_MANIFEST
-    if bench.is_file():
-        for e in read_manifest(bench):
-            if e.protocol == "self":
-                records[e.id] = _Record(e.id, e.driving, "", e.frames or 0, 0, e.fps or 0.0, "", e.source)
-    train = dst / MANIFEST_NAME
-    if train.is_file():
-        try:
-            with train.open(newline="") as f:
-                rows = list(csv.DictReader(f))
-            for row in rows:
-                records[row["id"]] = _Record(row["id"], row["video"], row["boxes"], int(row["frames"]),
-                                             int(row["size"]), float(row["fps"]), row.get("split") or "train",
-                                             row.get("source") or "")
-        except (OSError, csv.Error, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"cannot read {train}: {exc} (delete it: the next run rebuilds it from its clips)") \
-                from None
-    return records
-
-
-def _has_cross(dst: Path) -> bool:
-    bench = dst / BENCH_MANIFEST
-    return bench.is_file() and any(e.protocol == "cross" for e in read_manifest(bench))
-
-
-def update_manifests(dst: Path, records: dict[str, _Record], cross: bool = False) -> tuple[int, int]:
-    """Merge ``records`` into the folder's manifests under the lock; rows whose files are gone are dropped.
-    Returns (training rows, bench self-reenactment rows)."""
-    with locked(dst):
-        merged = _read_records(dst)
-        merged.update(records)
-        kept = {k: r for k, r in merged.items() if (dst / r.video).is_file()}
-        train = [TrainClip(id=r.id, video=r.video, boxes=r.boxes, frames=r.frames, size=r.size, fps=r.fps,
-                           split=r.split or "train", source=r.source)
-                 for r in kept.values() if r.boxes and (dst / r.boxes).is_file()]
-        if train:
-            write_train_manifest(dst / MANIFEST_NAME, train)
-        else:
-            (dst / MANIFEST_NAME).unlink(missing_ok=True)
-        selfs = [Entry(id=r.id, protocol="self", driving=r.video, frames=r.frames, fps=r.fps, source=r.source)
-                 for r in sorted(kept.values(), key=lambda r: r.id)]
-        entries = list(selfs)
-        if (cross or _has_cross(dst)) and len(selfs) >= 2:
-            entries += _cross_pairs(dst, selfs)
-        if entries:
-            write_manifest(dst / BENCH_MANIFEST, entries)
-    return len(train), len(selfs)
-
-
-def _cross_pairs(dst: Path, selfs: list[Entry]) -> list[Entry]:
-    """Driving video i with the first frame of video i+1 (mod n) as the reference."""
-    from PIL import Image
-
-    (dst / "references").mkdir(exist_ok=True)
-    pairs = []
-    for i, drv in enumerate(selfs):
-        ref = selfs[(i + 1) % len(selfs)]
-        ref_path = dst / "references" / f"{ref.id}.png"
-        if not ref_path.is_file():
-            frame = next(VideoReader(dst / ref.driving).iter_frames(0, 1))
-            tmp = ref_path.with_name(f".{ref_path.name}.part.png")
-            Image.fromarray(frame).save(tmp)
-            tmp.replace(ref_path)
-        pairs.append(Entry(id=f"{drv.id}__x__{ref.id}", protocol="cross", driving=drv.driving,
-                           reference=ref_path.relative_to(dst).as_posix(), frames=drv.frames, fps=drv.fps))
-    return pairs
-
-
-def _record_in_place(dst: Path, job: ClipJob, opts: PrepareOptions, known: _Record | None) -> _Record | None:
+def _record_in_place(dst: Path, job: ClipJob, opts: PrepareOptions, known: ClipRecord | None) -> ClipRecord | None:
     """The manifest row of a clip this run skipped: what the manifests said, else read from its files."""
     video, boxes = clip_paths(dst, job.id)
     has_boxes = opts.boxes and boxes.is_file()
@@ -518,7 +360,7 @@ def _record_in_place(dst: Path, job: ClipJob, opts: PrepareOptions, known: _Reco
     except UserError as exc:
         log.warning("%s left out of the manifests: %s", job.id, exc)
         return None
-    return _Record(job.id, video.relative_to(dst).as_posix(), boxes.relative_to(dst).as_posix() if has_boxes else "",
+    return ClipRecord(job.id, video.relative_to(dst).as_posix(), boxes.relative_to(dst).as_posix() if has_boxes else "",
                    frames, reader.info.width, float(reader.info.fps), known.split if known and known.split
                    else opts.split, known.source if known and known.source else job.source)
 
@@ -541,7 +383,8 @@ def run_jobs(dst: str | Path, jobs: list[ClipJob], opts: PrepareOptions, events:
     if opts.boxes:
         from personalive_cli.extras import require_extra
 
-        require_extra("train", "face boxes (personalive data prepare)", modules=("mediapipe",))
+        require_extra("train", "personalive data prepare (for the face boxes; bench clips alone: --no-boxes)",
+                      modules=("mediapipe",))
     i, n = opts.shard
     mine = sorted(jobs, key=lambda j: j.id)[i::n]
     result = PrepareResult(manifest=dst / BENCH_MANIFEST, train_manifest=dst / MANIFEST_NAME if opts.boxes else None,
@@ -552,7 +395,7 @@ def run_jobs(dst: str | Path, jobs: list[ClipJob], opts: PrepareOptions, events:
         return result
     check_output_folder(dst)
     with NewFolder(dst, scaffolding=[SETTINGS_FILE]):
-        fresh = claim(dst, settings, opts)
+        fresh = claim(dst, settings, opts.split, opts.force, opts.allow_val_in_train)
         try:
             with NewFolder(dst / "videos"), NewFolder(dst / "boxes") if opts.boxes else contextlib.nullcontext():
                 _run(dst, mine, opts, events, result)
@@ -564,14 +407,14 @@ def run_jobs(dst: str | Path, jobs: list[ClipJob], opts: PrepareOptions, events:
 
 
 def _run(dst: Path, mine: list[ClipJob], opts: PrepareOptions, events: PrepareEvents, result: PrepareResult) -> None:
-    known = _read_records(dst)
+    known = read_records(dst)
     todo, skipped = [], []
     for job in mine:
         video, boxes = clip_paths(dst, job.id)
         finished = video.is_file() and (boxes.is_file() or not opts.boxes)
         (skipped if finished and not opts.force else todo).append(job)
     events.start(len(mine))
-    records: dict[str, _Record] = {}
+    records: dict[str, ClipRecord] = {}
     by_id = {job.id: job for job in todo}
     t0 = time.monotonic()
     try:
@@ -583,7 +426,7 @@ def _run(dst: Path, mine: list[ClipJob], opts: PrepareOptions, events: PrepareEv
                 getattr(result, out.status).append(out.id)
                 result.frames += out.frames
                 video, boxes = clip_paths(dst, out.id)
-                records[out.id] = _Record(out.id, video.relative_to(dst).as_posix(),
+                records[out.id] = ClipRecord(out.id, video.relative_to(dst).as_posix(),
                                           boxes.relative_to(dst).as_posix() if opts.boxes else "", out.frames,
                                           out.size, out.fps, opts.split, by_id[out.id].source)
             elif out.status == "dropped":

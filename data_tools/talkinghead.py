@@ -31,13 +31,13 @@ from pathlib import Path
 
 import numpy as np
 
+from data_tools.dataset_folder import check_folder
 from data_tools.runner import (
     ClipJob,
     PrepareEvents,
     PrepareOptions,
     PrepareResult,
     Rendering,
-    check_folder,
     run_jobs,
 )
 from personalive_cli.errors import UserError
@@ -185,7 +185,7 @@ def prepare_talkinghead(tubes_file: str | Path, raw: str | Path, dst: str | Path
     opts = dataclasses.replace(opts, crop="tube", split=tube_split(tubes_file, split, opts.allow_val_in_train))
     opts.validate()
     check_output_folder(dst)
-    check_folder(dst, opts.settings(), opts)  # a refused run writes nothing, not even the missing list
+    check_folder(dst, opts.settings(), opts.split, opts.force, opts.allow_val_in_train)  # a refused run writes nothing, not even the missing list
     present = {name: (raw / f"{name}.mp4").is_file() for name in {t.name for t in tubes}}
     missing = [t for t in tubes if not present[t.name]]
     result_extra = {"tubes": len(tubes), "missing": sorted({t.name for t in missing}),
