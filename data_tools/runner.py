@@ -27,6 +27,7 @@ import contextlib
 import logging
 import multiprocessing
 import queue as queue_mod
+import signal
 import time
 from collections.abc import Callable, Iterator
 from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
@@ -247,25 +248,33 @@ class _LazyMesh:
             self._mesh = None
 
 
-# worker-process state (spawned processes: each has its own FaceMesh and the queue back to the parent)
+# worker-process state (each has its own FaceMesh, the queue back to the parent and the stop flag)
 _worker: dict = {}
 
 
-def _init_worker(events_queue) -> None:
-    _worker["queue"] = events_queue
-    _worker["mesh"] = _LazyMesh()
+class _Stopped(Exception):
+    """The parent asked the workers to stop (it was interrupted)."""
+
+
+def _init_worker(events_queue, stop) -> None:
+    # Ctrl-C reaches the whole process group: the parent alone decides, and sets `stop`, which the
+    # workers check at every frame (an interrupt landing in a worker between clips would kill it)
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    _worker.update(queue=events_queue, stop=stop, mesh=_LazyMesh())
 
 
 class _QueueEvents(PrepareEvents):
     """A worker's progress, sent to the parent in batches of at most a tenth of a second."""
 
-    def __init__(self, q) -> None:
-        self.q, self.pending, self.last = q, 0, time.monotonic()
+    def __init__(self, q, stop) -> None:
+        self.q, self.stop, self.pending, self.last = q, stop, 0, time.monotonic()
 
     def clip_started(self, clip_id: str, frames: int) -> None:
         self.q.put(("start", clip_id, frames))
 
     def frames_done(self, n: int = 1) -> None:
+        if self.stop.is_set():
+            raise _Stopped
         self.pending += n
         if time.monotonic() - self.last > 0.1:
             self.flush()
@@ -277,9 +286,13 @@ class _QueueEvents(PrepareEvents):
 
 
 def _work(job: ClipJob, dst: Path, opts: PrepareOptions) -> Outcome:
-    events = _QueueEvents(_worker["queue"])
+    if _worker["stop"].is_set():
+        return Outcome(job.id, "failed", message="interrupted")
+    events = _QueueEvents(_worker["queue"], _worker["stop"])
     try:
         return process_job(job, dst, opts, _worker["mesh"], events)
+    except _Stopped:  # its files were removed on the way out
+        return Outcome(job.id, "failed", message="interrupted")
     finally:
         events.flush()
 
@@ -316,11 +329,11 @@ def _execute(jobs: list[ClipJob], dst: Path, opts: PrepareOptions, events: Prepa
     # heavy modules once (mediapipe's take seconds) and forks every worker from there.
     ctx = multiprocessing.get_context("forkserver")
     ctx.set_forkserver_preload(["data_tools.runner", "personalive_cli.faces.mesh", *_preload_mediapipe()])
-    q = ctx.Queue()
+    q, stop = ctx.Queue(), ctx.Event()
     todo = iter(jobs)
     pending: dict = {}
     with ProcessPoolExecutor(min(opts.workers, len(jobs)), mp_context=ctx, initializer=_init_worker,
-                             initargs=(q,)) as pool:
+                             initargs=(q, stop)) as pool:
 
         def submit_next() -> None:
             job = next(todo, None)
@@ -344,6 +357,7 @@ def _execute(jobs: list[ClipJob], dst: Path, opts: PrepareOptions, events: Prepa
                     submit_next()
             _drain(q, events)
         except BaseException:
+            stop.set()  # running clips end at their next frame, removing their partial files
             pool.shutdown(wait=True, cancel_futures=True)
             raise
 
@@ -363,6 +377,11 @@ def _record_in_place(dst: Path, job: ClipJob, opts: PrepareOptions, known: ClipR
     return ClipRecord(job.id, video.relative_to(dst).as_posix(), boxes.relative_to(dst).as_posix() if has_boxes else "",
                    frames, reader.info.width, float(reader.info.fps), known.split if known and known.split
                    else opts.split, known.source if known and known.source else job.source)
+
+
+def _finished(dst: Path, clip_id: str, opts: PrepareOptions) -> bool:
+    video, boxes = clip_paths(dst, clip_id)
+    return video.is_file() and (boxes.is_file() or not opts.boxes)
 
 
 def _holds_clips(dst: Path) -> bool:
@@ -410,9 +429,7 @@ def _run(dst: Path, mine: list[ClipJob], opts: PrepareOptions, events: PrepareEv
     known = read_records(dst)
     todo, skipped = [], []
     for job in mine:
-        video, boxes = clip_paths(dst, job.id)
-        finished = video.is_file() and (boxes.is_file() or not opts.boxes)
-        (skipped if finished and not opts.force else todo).append(job)
+        (skipped if _finished(dst, job.id, opts) and not opts.force else todo).append(job)
     events.start(len(mine))
     records: dict[str, ClipRecord] = {}
     by_id = {job.id: job for job in todo}
@@ -436,14 +453,15 @@ def _run(dst: Path, mine: list[ClipJob], opts: PrepareOptions, events: PrepareEv
             events.clip_done(out)
     finally:
         result.seconds = time.monotonic() - t0
-        for job in skipped:
+        # clips finished before this run, and (after an interruption) any a worker finished unreported
+        for job in skipped + [j for j in todo if j.id not in records and _finished(dst, j.id, opts)]:
             rec = _record_in_place(dst, job, opts, known.get(job.id))
             if rec is not None:
                 records[job.id] = rec
         if records:
             update_manifests(dst, records, opts.cross)
     if not (result.done or result.boxed or result.skipped):
-        raise UserError(f"no clip could be prepared: {_why_none(result)}")
+        raise UserError(f"no video could be prepared: {_why_none(result)}")
 
 
 def _why_none(result: PrepareResult) -> str:

@@ -188,16 +188,17 @@ def prepare_talkinghead(tubes_file: str | Path, raw: str | Path, dst: str | Path
     check_folder(dst, opts.settings(), opts.split, opts.force, opts.allow_val_in_train)  # a refused run writes nothing, not even the missing list
     present = {name: (raw / f"{name}.mp4").is_file() for name in {t.name for t in tubes}}
     missing = [t for t in tubes if not present[t.name]]
+    if len(missing) == len(tubes):  # nothing to do yet: an error, and nothing written
+        example = sorted(present)[0]
+        raise UserError(f"none of the {len(present)} raw videos named in {tubes_file.name} is in {raw} (e.g. "
+                        f"{example}.mp4): download them first (their YouTube ids are the official "
+                        f"{opts.split}_video_ids.txt; see `personalive data prepare talkinghead-1kh --help`)")
     result_extra = {"tubes": len(tubes), "missing": sorted({t.name for t in missing}),
                     "missing_ids": sorted({t.video_id for t in missing}), "split": opts.split}
     if missing:
         result_extra["missing_file"] = _write_missing(dst, result_extra["missing_ids"])
     else:
         (dst / MISSING_FILE).unlink(missing_ok=True)  # from an earlier run: all there now
-    if len(missing) == len(tubes):
-        raise UserError(f"none of the {len(present)} raw videos named in {tubes_file.name} is in {raw}: their "
-                        f"YouTube ids are in {dst / MISSING_FILE}; fetch them (yt-dlp, then 1-minute ffmpeg "
-                        "segments: see `personalive data prepare talkinghead-1kh --help`)")
     # shards are cut over every tube, present or not, so a clip's shard does not move as downloads arrive
     i, n = opts.shard
     mine = sorted(tubes, key=lambda t: t.clip_id)[i::n]

@@ -68,7 +68,7 @@ def test_first_frame_without_face_drops_the_clip(tmp_path, face_videos):
     (src / "flat.mp4").rename(only / "flat.mp4")
     r = invoke("data", "prepare", "folder", only, tmp_path / "none", "--crop", "none", "--size", "128")
     assert r.returncode == 1
-    assert "no clip could be prepared: 1 without a face on the first frame (flat)" in r.stderr
+    assert "no video could be prepared: 1 without a face on the first frame (flat)" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "none").exists()
 

@@ -97,7 +97,7 @@ def test_bad_inputs(tmp_path):
     bad.mkdir()
     (bad / "broken.mp4").write_text("not a video")
     r = invoke(*PREP, bad, tmp_path / "out", "--crop", "none")
-    assert r.returncode == 1 and "no clip could be prepared: broken: cannot read video" in r.stderr
+    assert r.returncode == 1 and "no video could be prepared: broken: cannot read video" in r.stderr
     assert len(r.stderr.strip().splitlines()) == 1
     assert not (tmp_path / "out").exists()
     r = invoke("data", "prepare", "boxes", tmp_path / "empty")

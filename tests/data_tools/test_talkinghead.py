@@ -83,7 +83,7 @@ def test_all_missing_and_bad_tube_files(tmp_path):
     tubes = _tubes(tmp_path, "small_video_tubes.txt", MISSING)
     r = invoke(*TH, tubes, raw, tmp_path / "data")
     assert r.returncode == 1 and "none of the 2 raw videos named in small_video_tubes.txt" in r.stderr
-    assert (tmp_path / "data" / "missing_videos.txt").read_text() == "zz-yt_id\n"
+    assert "train_video_ids.txt" in r.stderr and not (tmp_path / "data").exists()
 
     bad = _tubes(tmp_path, "train_video_tubes.txt", [TUBE, "abc_0001,1080,1920,0,50"])
     r = invoke(*TH, bad, raw, tmp_path / "out")
