@@ -15,7 +15,7 @@ import csv
 import fcntl
 import json
 import os
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -119,14 +119,22 @@ class ClipRecord:
     source: str
 
 
-def read_records(dst: Path) -> dict[str, ClipRecord]:
+class Records(dict):
+    """id → :class:`ClipRecord`; ``cross``: whether the bench manifest has cross-reenactment pairs."""
+
+    cross: bool = False
+
+
+def read_records(dst: Path) -> Records:
     """The clips the folder's manifests list now: the bench manifest's, completed by the training one's."""
-    records: dict[str, ClipRecord] = {}
+    records = Records()
     bench = dst / BENCH_MANIFEST
     if bench.is_file():
         for e in read_manifest(bench):
             if e.protocol == "self":
                 records[e.id] = ClipRecord(e.id, e.driving, "", e.frames or 0, 0, e.fps or 0.0, "", e.source)
+            else:
+                records.cross = True
     train = dst / MANIFEST_NAME
     if train.is_file():
         try:
@@ -134,17 +142,25 @@ def read_records(dst: Path) -> dict[str, ClipRecord]:
                 rows = list(csv.DictReader(f))
             for row in rows:
                 records[row["id"]] = ClipRecord(row["id"], row["video"], row["boxes"], int(row["frames"]),
-                                             int(row["size"]), float(row["fps"]), row.get("split") or "train",
-                                             row.get("source") or "")
+                                                int(row["size"]), float(row["fps"]), row.get("split") or "train",
+                                                row.get("source") or "")
         except (OSError, csv.Error, UnicodeDecodeError, KeyError, TypeError, ValueError) as exc:
-            raise UserError(f"cannot read {train}: {exc} (delete it: the next run rebuilds it from its clips)") \
-                from None
+            raise UserError(f"cannot read {train}: {exc} (delete it: runs over its clips rebuild it)") from None
     return records
 
 
-def _has_cross(dst: Path) -> bool:
-    bench = dst / BENCH_MANIFEST
-    return bench.is_file() and any(e.protocol == "cross" for e in read_manifest(bench))
+def _existing(dst: Path) -> Callable[[str], bool]:
+    """A test of "this relative path is a file", from one listing of videos/ and boxes/: hundreds of
+    thousands of clips cost two directory reads, not a stat each (slow on network file systems)."""
+    listed: set[str] = set()
+    for sub in ("videos", "boxes"):
+        with contextlib.suppress(FileNotFoundError), os.scandir(dst / sub) as it:
+            listed.update(f"{sub}/{e.name}" for e in it if e.is_file())
+
+    def exists(rel: str) -> bool:
+        return rel in listed or (rel.split("/", 1)[0] not in ("videos", "boxes") and (dst / rel).is_file())
+
+    return exists
 
 
 def update_manifests(dst: Path, records: dict[str, ClipRecord], cross: bool = False) -> tuple[int, int]:
@@ -152,19 +168,20 @@ def update_manifests(dst: Path, records: dict[str, ClipRecord], cross: bool = Fa
     Returns (training rows, bench self-reenactment rows)."""
     with locked(dst):
         merged = read_records(dst)
+        cross = cross or merged.cross
         merged.update(records)
-        kept = {k: r for k, r in merged.items() if (dst / r.video).is_file()}
+        exists = _existing(dst)
+        kept = sorted((r for r in merged.values() if exists(r.video)), key=lambda r: r.id)
         train = [TrainClip(id=r.id, video=r.video, boxes=r.boxes, frames=r.frames, size=r.size, fps=r.fps,
-                           split=r.split or "train", source=r.source)
-                 for r in kept.values() if r.boxes and (dst / r.boxes).is_file()]
+                           split=r.split or "train", source=r.source) for r in kept if r.boxes and exists(r.boxes)]
         if train:
             write_train_manifest(dst / MANIFEST_NAME, train)
         else:
             (dst / MANIFEST_NAME).unlink(missing_ok=True)
         selfs = [Entry(id=r.id, protocol="self", driving=r.video, frames=r.frames, fps=r.fps, source=r.source)
-                 for r in sorted(kept.values(), key=lambda r: r.id)]
+                 for r in kept]
         entries = list(selfs)
-        if (cross or _has_cross(dst)) and len(selfs) >= 2:
+        if cross and len(selfs) >= 2:
             entries += _cross_pairs(dst, selfs)
         if entries:
             write_manifest(dst / BENCH_MANIFEST, entries)

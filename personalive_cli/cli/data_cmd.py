@@ -88,10 +88,13 @@ def _report(result, what: str = "video") -> None:
         more = ", ..." if len(result.dropped) > 5 else ""
         err.print(f"[yellow]dropped (no face on the first frame):[/] {escape(', '.join(result.dropped[:5]))}{more}",
                   highlight=False)
-    line = (f"prepared {len(result.done)} {what}(s), {len(result.skipped)} already done, "
-            f"{len(result.failed)} failed")
-    if result.boxed:
-        line += f", {len(result.boxed)} given boxes"
+    if what == "boxes":
+        line = f"computed the boxes of {len(result.boxed)} clip(s)"
+    else:
+        line = f"prepared {len(result.done)} {what}(s)"
+    line += f", {len(result.skipped)} already done, {len(result.failed)} failed"
+    if result.boxed and what != "boxes":
+        line += f", boxes added to {len(result.boxed)} video(s) already there"
     if result.dropped:
         line += f", {len(result.dropped)} dropped (no face on the first frame)"
     if result.frames and result.seconds > 0:
@@ -193,7 +196,7 @@ def prepare_boxes_cmd(
     from data_tools.prepare import prepare_boxes
 
     opts = _options(split=split, workers=workers, shard=shard, force=force, allow_val_in_train=allow_val_in_train)
-    _report(_run(prepare_boxes, data, opts), what="clip")
+    _report(_run(prepare_boxes, data, opts), what="boxes")
 
 
 def mount(app: typer.Typer) -> None:

@@ -40,7 +40,7 @@ def test_demo_face_box_holds_eyes_and_mouth_on_every_frame_and_resumes(tmp_path,
     # a video without boxes (as after an interruption) gets them from its decoded frames: the same boxes
     (dst / "boxes" / "demo.npz").unlink()
     r = invoke(*args)
-    assert r.returncode == 0 and "1 given boxes" in r.stderr, r.stderr
+    assert r.returncode == 0 and "boxes added to 1 video(s) already there" in r.stderr, r.stderr
     again = ClipBoxes.load(dst / "boxes" / "demo.npz")
     assert np.abs(again.face - boxes.face).max() < 3 and np.abs(again.mouth - boxes.mouth).max() < 3
     manifest = (dst / "train_manifest.csv").read_text()

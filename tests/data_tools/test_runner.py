@@ -133,7 +133,7 @@ def test_vfhq_style_folder_boxes_in_place_and_crop_none(tmp_path, face_videos):
     write_video(src / "wide.mp4", [np.zeros((64, 96, 3), np.uint8)] * 3)
     mtime = (src / "clip0.mp4").stat().st_mtime_ns
     r = invoke("data", "prepare", "boxes", data)
-    assert r.returncode == 0 and "2 given boxes" in r.stderr and "1 failed" in r.stderr, r.stderr
+    assert r.returncode == 0 and "computed the boxes of 2 clip(s)" in r.stderr and "1 failed" in r.stderr, r.stderr
     assert "wide" in r.stderr and "not square" in r.stderr
     root, clips = read_train_manifest(data)
     assert [(c.id, c.video, c.frames, c.size, c.fps) for c in clips] == [
