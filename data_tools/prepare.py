@@ -1,77 +1,85 @@
-"""``personalive data prepare folder SRC DST``: raw videos → the bench's form.
+"""``personalive data prepare folder SRC DST``: raw videos → the bench's and training's form.
 
 Each video under SRC becomes ``DST/videos/<id>.mp4``: face-centred square crops (the same
-``FaceCropper`` as ``animate``: a square of 2× the face box, smoothed over time) resized to ``size``,
-resampled to a fixed ``fps`` (exact rational resampling, no drift), H.264 CRF 15, with the source's
-audio (if any) cut to the clip and kept in sync.
-``DST/manifest.csv`` lists them for self-reenactment (reference = first frame); with ``cross=True``
+``FaceCropper`` as ``animate``: a square of 2× the face box, smoothed over time; ``crop="none"``:
+whole frames resized) at ``size``, resampled to a fixed ``fps`` (exact rational resampling, no drift),
+H.264 CRF 15, with the source's audio (if any) cut to the clip and kept in sync; plus, unless
+``boxes=False``, its per-frame face boxes ``DST/boxes/<id>.npz`` and a row in ``train_manifest.csv``
+(split ``train``). A clip whose first output frame shows no face is dropped and counted. Running,
+resuming, sharding, workers and the manifests: :mod:`data_tools.runner`.
+
+``DST/manifest.csv`` lists the clips for self-reenactment (reference = first frame); with ``cross=True``
 and at least two videos it also pairs each driving video with the first frame of the next video
 (``DST/references/<id>.png``) for cross-reenactment.
 
 Ids: the path under SRC without extension, ``/`` → ``__``, spaces → ``_``; two sources giving the same id
 (``a.mov`` and ``a.mp4``) are told apart by appending the extension to the later one in sorted order
-(``a``, ``a_mp4``). DST may lie inside SRC
-(its outputs are not taken as sources).
-
-Resumable: a video whose output exists is skipped (outputs are written to a temporary name and
-renamed when complete, so an existing file is a finished one). ``DST/prepare.json`` (written atomically) records the
-settings; preparing into it again with other settings is refused unless ``force``.
+(``a``, ``a_mp4``). A SRC in the training layout (every video under ``SRC/videos/``, as a VFHQ-style
+folder) takes its ids from ``SRC/videos``. DST may lie inside SRC (its outputs are not taken as sources).
 """
 
 from __future__ import annotations
 
-import json
-import os
-from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
-from fractions import Fraction
+import dataclasses
+from collections.abc import Iterator
+from dataclasses import dataclass
 from pathlib import Path
 
-from data_tools.manifest import Entry, list_videos, write_manifest
+import numpy as np
+
+from data_tools.dataset_folder import SETTINGS_FILE
+from data_tools.manifest import list_videos
+from data_tools.runner import (
+    ClipJob,
+    PrepareEvents,
+    PrepareOptions,
+    PrepareResult,
+    Rendering,
+    run_jobs,
+)
 from personalive_cli.errors import UserError
-from personalive_cli.faces.crop import FaceCropper
-from personalive_cli.io.outputs import NewFolder, check_output_folder
-from personalive_cli.io.video import VideoReader, VideoWriter
+from personalive_cli.faces.crop import CROP_MODES, FaceCropper
+from personalive_cli.io.video import VideoReader
 
-SETTINGS_FILE = "prepare.json"
-
-
-@dataclass
-class PrepareOptions:
-    size: int = 512
-    fps: float = 25.0
-    crop: str = "auto"
-    max_frames: int | None = None
-    cross: bool = False
-    crf: int = 15
-    force: bool = False
-
-    def settings(self) -> dict:
-        d = asdict(self)
-        d.pop("force")
-        d.pop("cross")
-        return d
+__all__ = ["SETTINGS_FILE", "FolderJob", "PrepareOptions", "PrepareResult", "folder_jobs", "prepare_boxes",
+           "prepare_folder"]
 
 
 @dataclass
-class PrepareResult:
-    manifest: Path
-    done: list[str] = field(default_factory=list)
-    skipped: list[str] = field(default_factory=list)
-    failed: dict[str, str] = field(default_factory=dict)
+class FolderJob(ClipJob):
+    """A whole source video, face-cropped (or resized) and resampled."""
+
+    path: str = ""
+
+    def render(self, opts: PrepareOptions) -> Rendering:
+        reader = VideoReader(self.path)
+        indices = reader.resampled_indices(opts.frame_rate, limit=opts.max_frames)
+        return Rendering(total=len(indices), frames=_cropped(reader, indices, opts),
+                         audio_from=Path(self.path) if reader.info.has_audio else None,
+                         audio_start=reader.frame_time(indices[0]) if indices else 0.0)
 
 
-def _video_id(src: Path, video: Path) -> str:
-    return video.relative_to(src).with_suffix("").as_posix().replace("/", "__").replace(" ", "_")
+def _cropped(reader: VideoReader, indices: list[int], opts: PrepareOptions) -> Iterator[np.ndarray]:
+    cropper = FaceCropper(opts.crop, opts.size)
+    try:
+        for frame in reader.iter_indices(indices):
+            yield from cropper.crop(frame)
+        yield from cropper.flush()
+    finally:
+        cropper.close()
 
 
-def _video_ids(src: Path, videos: list[Path]) -> list[str]:
+def _video_id(root: Path, video: Path) -> str:
+    return video.relative_to(root).with_suffix("").as_posix().replace("/", "__").replace(" ", "_")
+
+
+def _video_ids(root: Path, videos: list[Path]) -> list[str]:
     """One distinct id per video (sorted order, so stable across resumed runs): a clash (``a.mp4`` and
     ``a.mov``, ``a b.mp4`` and ``a_b.mp4``) gets the extension, then a number, appended."""
     ids: list[str] = []
     taken: set[str] = set()
     for v in videos:
-        vid = _video_id(src, v)
+        vid = _video_id(root, v)
         if vid in taken:
             base = f"{vid}_{v.suffix.lstrip('.').lower()}"
             vid, n = base, 2
@@ -82,17 +90,11 @@ def _video_ids(src: Path, videos: list[Path]) -> list[str]:
     return ids
 
 
-def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
-                   on_start: Callable[[int], None] | None = None,
-                   on_video: Callable[[str, int], None] | None = None,
-                   on_frame: Callable[[], None] | None = None) -> PrepareResult:
+def folder_jobs(src: str | Path, dst: str | Path) -> list[FolderJob]:
+    """One job per video under ``src`` (DST's own outputs excluded)."""
     src, dst = Path(src), Path(dst)
     if not src.is_dir():
         raise UserError(f"source folder not found: {src}")
-    if opts.size < 64 or opts.fps <= 0:
-        raise UserError("--size must be at least 64 and --fps positive")
-    if opts.max_frames is not None and opts.max_frames < 1:
-        raise UserError("--max-frames must be at least 1")
     # DST may lie inside SRC: its own outputs are not sources (else a resumed run would refuse them)
     dst_abs = dst.absolute()
     videos = [v for v in list_videos(src) if dst_abs not in v.absolute().parents]
@@ -101,100 +103,39 @@ def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
         raise UserError("DST must not contain the source videos")
     if not videos:
         raise UserError(f"no videos found in {src}")
-    check_output_folder(dst)
-    settings_path = dst / SETTINGS_FILE
-    settings = opts.settings()
-    if settings_path.is_file() and not opts.force:
-        old = json.loads(settings_path.read_text())
-        if old != settings:
-            raise UserError(f"{dst} was prepared with other settings ({old}); use another DST or --force")
-    # Folders this run creates are removed again if it ends without one finished clip.
-    with NewFolder(dst), NewFolder(dst / "videos"):
-        return _prepare_all(src, dst, videos, opts, on_start, on_video, on_frame)
+    root = src / "videos"
+    if not all(root in v.parents for v in videos):
+        root = src
+    return [FolderJob(id=vid, source=str(v), path=str(v)) for v, vid in zip(videos, _video_ids(root, videos),
+                                                                            strict=True)]
 
 
-def _prepare_all(src: Path, dst: Path, videos: list[Path], opts: PrepareOptions, on_start, on_video,
-                 on_frame) -> PrepareResult:
-    settings_path = dst / SETTINGS_FILE
-    fps = Fraction(opts.fps).limit_denominator(1001)
-    result = PrepareResult(manifest=dst / "manifest.csv")
-    entries: list[Entry] = []
+def prepare_folder(src: str | Path, dst: str | Path, opts: PrepareOptions,
+                   events: PrepareEvents | None = None) -> PrepareResult:
+    if opts.crop not in CROP_MODES:
+        raise UserError(f"unknown crop mode {opts.crop!r}; choose one of {', '.join(CROP_MODES)}")
+    opts.validate()
+    jobs = folder_jobs(src, dst)
+    if opts.crop == "auto":
+        from personalive_cli.extras import require_extra
 
-    def record(entry: Entry) -> None:
-        if not entries:  # the settings are written with the first finished clip, not before
-            tmp = settings_path.with_name(f".{SETTINGS_FILE}.part")
-            tmp.write_text(json.dumps(opts.settings(), indent=2))
-            os.replace(tmp, settings_path)
-        entries.append(entry)
-
-    if on_start:
-        on_start(len(videos))
-    for video, vid in zip(videos, _video_ids(src, videos), strict=True):
-        out = dst / "videos" / f"{vid}.mp4"
-        rel = out.relative_to(dst).as_posix()
-        if out.is_file() and not opts.force:
-            result.skipped.append(vid)
-            n = len(VideoReader(out))
-            record(Entry(id=vid, protocol="self", driving=rel, frames=n, fps=float(fps), source=str(video)))
-            if on_video:
-                on_video(vid, 0)
-            continue
-        try:
-            n = _prepare_one(video, out, fps, opts, lambda total, v=vid: on_video and on_video(v, total), on_frame)
-        except UserError as exc:
-            result.failed[vid] = str(exc)
-            continue
-        result.done.append(vid)
-        record(Entry(id=vid, protocol="self", driving=rel, frames=n, fps=float(fps), source=str(video)))
-        write_manifest(result.manifest, entries)  # progress survives an interruption
-    if opts.cross and len(entries) >= 2:
-        entries += _cross_pairs(dst, entries)
-    if not entries:
-        raise UserError(f"no video could be prepared: {'; '.join(f'{k}: {v}' for k, v in result.failed.items())}")
-    write_manifest(result.manifest, entries)
-    return result
+        require_extra("faces", "--crop auto (or use --crop none)")
+    return run_jobs(dst, jobs, opts, events, settings=opts.settings())
 
 
-def _prepare_one(video: Path, out: Path, fps: Fraction, opts: PrepareOptions, on_total, on_frame) -> int:
-    reader = VideoReader(video)
-    indices = reader.resampled_indices(fps, limit=opts.max_frames)
-    on_total(len(indices))
-    cropper = FaceCropper(opts.crop, opts.size)
-    # the driving audio is kept (cut to the clip, in sync) for audio-driven baselines
-    writer = VideoWriter(out, fps, crf=opts.crf, audio_from=video if reader.info.has_audio else None,
-                         audio_start=reader.frame_time(indices[0]) if indices else 0.0)
-    try:
-        for frame in reader.iter_indices(indices):
-            for cropped in cropper.crop(frame):
-                writer.write(cropped)
-                if on_frame:
-                    on_frame()
-        for cropped in cropper.flush():
-            writer.write(cropped)
-        n = writer.frames
-        writer.close()
-    except BaseException:
-        writer.abort()
-        raise
-    finally:
-        cropper.close()
-    return n
+def prepare_boxes(data: str | Path, opts: PrepareOptions, events: PrepareEvents | None = None) -> PrepareResult:
+    """Boxes and manifests, in place, for a folder of clips already in the training layout
+    (``DATA/videos/<id>.mp4``, square; a VFHQ-style folder already at 512² and 25 fps): nothing is
+    re-encoded. The clips keep their own size and rate (the manifest records them)."""
+    data = Path(data)
+    if not data.is_dir():
+        raise UserError(f"dataset folder not found: {data}")
+    videos = sorted(p for p in (data / "videos").glob("*.mp4") if p.is_file() and not p.name.startswith("."))
+    if not videos:
+        raise UserError(f"no clips in {data / 'videos'} (a dataset folder holds videos/<id>.mp4; to crop raw "
+                        f"videos use `personalive data prepare folder SRC DST`)")
+    from personalive_cli.extras import require_extra
 
-
-def _cross_pairs(dst: Path, selfs: list[Entry]) -> list[Entry]:
-    """Driving video i with the first frame of video i+1 (mod n) as the reference."""
-    from PIL import Image
-
-    (dst / "references").mkdir(exist_ok=True)
-    pairs = []
-    for i, drv in enumerate(selfs):
-        ref = selfs[(i + 1) % len(selfs)]
-        ref_path = dst / "references" / f"{ref.id}.png"
-        if not ref_path.is_file():
-            frame = next(VideoReader(dst / ref.driving).iter_frames(0, 1))
-            tmp = ref_path.with_name(f".{ref_path.name}.part.png")
-            Image.fromarray(frame).save(tmp)
-            tmp.replace(ref_path)
-        pairs.append(Entry(id=f"{drv.id}__x__{ref.id}", protocol="cross", driving=drv.driving,
-                           reference=ref_path.relative_to(dst).as_posix(), frames=drv.frames, fps=drv.fps))
-    return pairs
+    require_extra("train", "personalive data prepare boxes", modules=("mediapipe",))
+    jobs = [ClipJob(id=v.stem, source=v.relative_to(data).as_posix()) for v in videos]
+    return run_jobs(data, jobs, dataclasses.replace(opts, boxes=True), events, settings=None)

@@ -11,6 +11,7 @@ from personalive_cli.errors import UserError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "faces": ("mediapipe",),
     "bench": ("lpips", "pytorch_fid", "scipy", "matplotlib", "accelerate", "onnxruntime", "insightface", "psutil"),
+    "train": ("accelerate", "albumentations", "cv2", "decord", "tensorboard", "mediapipe", "lpips"),
 }
 
 
@@ -18,9 +19,12 @@ def missing_modules(extra: str) -> list[str]:
     return [m for m in EXTRAS[extra] if importlib.util.find_spec(m) is None]
 
 
-def require_extra(extra: str, command: str) -> None:
-    """A :class:`UserError` naming ``extra`` and how to install it when any of its modules is absent."""
+def require_extra(extra: str, command: str, modules: tuple[str, ...] | None = None) -> None:
+    """A :class:`UserError` naming ``extra`` and how to install it when any of its modules (or of
+    ``modules``, the part of it this command uses) is absent."""
     missing = missing_modules(extra)
+    if modules is not None:
+        missing = [m for m in missing if m in modules]
     if missing:
         raise UserError(f"{command} needs the '{extra}' extra (missing: {', '.join(missing)}): "
                         f"pip install 'personalive[{extra}]'")

@@ -169,6 +169,21 @@ CASES: dict[str, Case] = {
                                 "is a file"),
     "prepare into a read-only folder": Case(
         lambda m, o: ["data", "prepare", "folder", m.good_videos, _readonly(m, o) / "dst"], "cannot write into"),
+    "prepare with a shard out of range": Case(
+        lambda m, o: ["data", "prepare", "folder", m.good_videos, o / "dst", "--shard", "2/2"], "0 <= I < N"),
+    "prepare with no workers": Case(
+        lambda m, o: ["data", "prepare", "folder", m.good_videos, o / "dst", "--workers", "0"],
+        "--workers must be at least 1"),
+    "prepare videos without a face": Case(
+        lambda m, o: ["data", "prepare", "folder", m.noface_videos, o / "dst", "--crop", "none", "--size", "128"],
+        "without a face on the first frame"),
+    "prepare boxes of a folder without clips": Case(lambda m, o: ["data", "prepare", "boxes", m.empty_dir],
+                                                    "no clips in"),
+    "prepare tubes with a bad line": Case(
+        lambda m, o: ["data", "prepare", "talkinghead-1kh", m.bad_tubes, m.empty_dir, o / "dst"], "line 2"),
+    "prepare tubes without their raw videos": Case(
+        lambda m, o: ["data", "prepare", "talkinghead-1kh", m.tubes, m.empty_dir, o / "dst"],
+        "none of the 1 raw videos"),
     # bench
     "bench an unknown method": Case(
         lambda m, o: ["bench", "--methods", "nosuch", "--speed", "--no-quality", "-o", o / "res"], "unknown method"),
@@ -244,6 +259,13 @@ def media(tmp_path_factory, ffmpeg, tiny_weights):
     m.bad_videos.mkdir()
     (m.bad_videos / "a.mp4").write_text("not a video")
     (m.bad_videos / "b.mp4").write_bytes(b"")
+    m.noface_videos = d / "noface_videos"
+    m.noface_videos.mkdir()
+    shutil.copy(m.noface_video, m.noface_videos / "noise.mp4")
+    m.tubes = d / "train_video_tubes.txt"
+    m.tubes.write_text("abcdefghijk_0000,1080,1920,0,50,700,80,1180,560\n")
+    m.bad_tubes = d / "small_video_tubes.txt"
+    m.bad_tubes.write_text("abcdefghijk_0000,1080,1920,0,50,700,80,1180,560\nabcdefghijk_0001,1080,1920\n")
     m.good_videos = d / "good_videos"
     m.good_videos.mkdir()
     shutil.copy(m.drive, m.good_videos / "clip.mp4")

@@ -169,21 +169,30 @@ class VideoReader:
             fps = regular_rate(self.info.fps)
         return fps, self.resampled_indices(fps, limit=limit)
 
-    def resampled_indices(self, fps: Fraction, limit: int | None = None) -> list[int]:
+    def resampled_indices(self, fps: Fraction, limit: int | None = None, start: int = 0,
+                          stop: int | None = None) -> list[int]:
         """Source frame indices for an output at ``fps``: for output frame k (time k/fps from the first
         frame) the last source frame presented at or before that time. Exact rational maths, so a
-        29.97 → 25 fps resample does not drift."""
-        t0 = self._pts[0]
-        out = []
-        j = 0
-        k = 0
+        29.97 → 25 fps resample does not drift. With ``start``/``stop``, only source frames
+        ``start .. stop-1`` (a trimmed segment, timed from frame ``start``) are resampled."""
         n = len(self._pts)
-        end = self.duration
+        stop = n if stop is None else min(stop, n)
+        if not 0 <= start < stop:
+            return []
+        t0 = self._pts[start]
+        # the segment ends where frame `stop` would be presented, or where the video ends
+        if stop < n:
+            end = (self._pts[stop] - t0) * self._time_base
+        else:
+            end = self.duration - (t0 - self._pts[0]) * self._time_base
+        out = []
+        j = start
+        k = 0
         while True:
             t = Fraction(k) / fps
             if t >= end or (limit is not None and k >= limit):
                 break
-            while j + 1 < n and (self._pts[j + 1] - t0) * self._time_base <= t:
+            while j + 1 < stop and (self._pts[j + 1] - t0) * self._time_base <= t:
                 j += 1
             out.append(j)
             k += 1

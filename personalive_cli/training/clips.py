@@ -10,7 +10,8 @@
 
 ``boxes/<id>.npz`` (numpy ``savez``, no pickles) holds float32 arrays of shape (n_frames, 4), boxes as
 ``[x1, y1, x2, y2]`` in pixels of the clip: ``face`` (all 468 FaceMesh points), ``left_eye``,
-``right_eye`` (their contour points) and ``mouth`` (outer and inner lip contours); plus ``detected``,
+``right_eye`` (their lid contour points; left and right as seen in the image, as the official boxes
+name them) and ``mouth`` (outer and inner lip contours); plus ``detected``,
 bool (n_frames,): False where FaceMesh found no face and the previous frame's boxes were copied.
 
 ``split`` is ``train`` for training data, ``val`` for an evaluation split (TalkingHead-1KH's official
@@ -23,7 +24,7 @@ from __future__ import annotations
 import csv
 import os
 import zipfile
-from dataclasses import asdict, dataclass, fields
+from dataclasses import dataclass, fields
 from pathlib import Path
 
 import numpy as np
@@ -110,9 +111,11 @@ def write_train_manifest(path: str | os.PathLike, clips: list[TrainClip]) -> Pat
     path = Path(path)
     tmp = path.with_name(f".{path.name}.part")
     with tmp.open("w", newline="") as f:
-        w = csv.DictWriter(f, fieldnames=[fl.name for fl in fields(TrainClip)])
-        w.writeheader()
-        w.writerows(asdict(c) for c in sorted(clips, key=lambda c: c.id))
+        names = [fl.name for fl in fields(TrainClip)]
+        w = csv.writer(f)
+        w.writerow(names)
+        # attribute reads, not dataclasses.asdict (a deep copy per row: seconds for a large dataset)
+        w.writerows([getattr(c, n) for n in names] for c in sorted(clips, key=lambda c: c.id))
     os.replace(tmp, path)
     return path
 

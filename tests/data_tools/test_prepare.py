@@ -24,7 +24,7 @@ def _src(tmp_path, n=2):
 
 def test_prepare_resample_resume_and_cross(tmp_path):
     src, dst = _src(tmp_path), tmp_path / "prep"
-    opts = PrepareOptions(size=64, fps=10, crop="none", cross=True)
+    opts = PrepareOptions(size=64, fps=10, crop="none", cross=True, boxes=False)
     r = prepare_folder(src, dst, opts)
     assert sorted(r.done) == ["v0", "v1"] and not r.skipped
     info = probe(dst / "videos" / "v0.mp4")
@@ -39,7 +39,7 @@ def test_prepare_resample_resume_and_cross(tmp_path):
     assert r.skipped == ["v0"] and r.done == ["v1"]
     assert (dst / "videos" / "v0.mp4").stat().st_mtime_ns == mtime
     with pytest.raises(UserError, match="other settings"):
-        prepare_folder(src, dst, PrepareOptions(size=128, fps=10, crop="none"))
+        prepare_folder(src, dst, PrepareOptions(size=128, fps=10, crop="none", boxes=False))
 
 
 def test_cli_prepares_demo_clip_with_face_crops(tmp_path, demo_drive):
@@ -70,7 +70,7 @@ def test_clashing_ids_dst_inside_src_and_atomic_settings(tmp_path):
     write_video(src / "a.mp4", frames, fps=10)
     write_video(src / "a.mov", frames, fps=10)
     dst = src / "prepared"
-    opts = PrepareOptions(size=64, fps=10, crop="none")
+    opts = PrepareOptions(size=64, fps=10, crop="none", boxes=False)
     r = prepare_folder(src, dst, opts)
     assert sorted(r.done) == ["a", "a_mp4"] and not r.failed
     assert sorted(e.id for e in read_manifest(dst / "manifest.csv")) == ["a", "a_mp4"]
@@ -107,7 +107,8 @@ def test_cli_prepares_several_clips_of_different_rates_in_one_run(tmp_path, ffmp
     with_audio.unlink()
     (src / "b30a.mp4").rename(with_audio)
     dst = tmp_path / "dst"
-    r = CliRunner().invoke(app, ["data", "prepare", "folder", str(src), str(dst), "--crop", "none", "--size", "64"])
+    r = CliRunner().invoke(app, ["data", "prepare", "folder", str(src), str(dst), "--crop", "none", "--size", "64",
+                                 "--no-boxes"])
     assert r.exit_code == 0, r.output
     assert "prepared 3 video(s), 0 already done, 0 failed" in r.stderr
     entries = {e.id: e for e in read_manifest(dst / "manifest.csv")}

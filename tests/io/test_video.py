@@ -99,3 +99,14 @@ def test_constant_rate_keeps_every_frame(tmp_path):
     assert reader.constant_rate
     assert reader.output_plan() == (30, list(range(30)))
     assert reader.output_plan(limit=7) == (30, list(range(7)))
+
+
+def test_resampled_segment_is_timed_from_its_first_frame(tmp_path):
+    """Frames 15..44 of a 30 fps video (1 s) at 25 fps: 25 frames, frame k showing source 15 + ⌊k·30/25⌋."""
+    video = write_video(tmp_path / "v.mp4", [np.full((16, 16, 3), i, np.uint8) for i in range(60)], fps=30)
+    reader = VideoReader(video)
+    idx = reader.resampled_indices(Fraction(25), start=15, stop=45)
+    assert idx == [15 + k * 30 // 25 for k in range(25)]
+    assert reader.resampled_indices(Fraction(25), start=50, stop=200) == [50 + k * 30 // 25 for k in range(9)]
+    assert reader.resampled_indices(Fraction(25), start=15, stop=45, limit=4) == idx[:4]
+    assert reader.resampled_indices(Fraction(25), start=60) == []
