@@ -5,11 +5,10 @@ the next ones) and looks for one face, as the official ``tools/get_boxes.py`` do
 four axis-aligned boxes ``[x1, y1, x2, y2]`` in pixels of the frame, clipped to it:
 
 - ``face``: all 468 mesh points;
-- ``left_eye`` / ``right_eye``: the eye on the image's left / right, from the points of mediapipe's
-  ``FACEMESH_RIGHT_EYE`` / ``FACEMESH_LEFT_EYE`` contours (mediapipe names eyes from the person's
-  side; the official boxes name them from the image's side, as here). These are the 16 points of the
-  lid contour, a tighter box than the official 4 points per eye (226/230/223/245 and 446/450/465/443,
-  which reach the brow crease and the corner of the socket);
+- ``left_eye`` / ``right_eye``: the eye on the image's left / right, from the official 4 points per
+  eye (226/230/223/245 and 446/450/465/443: the eye corners, the lower lid and the brow crease, so the
+  box covers the socket, not only the lids; about 72x42 px on a 512² demo frame). The eye regions weigh
+  twice in the training losses, so their size is part of the recipe;
 - ``mouth``: the points of ``FACEMESH_LIPS`` (outer and inner lip contours, the official mouth points).
 
 mediapipe is the optional ``train`` extra (``pip install 'personalive[train]'``).
@@ -26,6 +25,8 @@ from personalive_cli.faces.detector import quiet_native_stderr
 
 PARTS = ("face", "left_eye", "right_eye", "mouth")  # row order of :meth:`FaceMesh.boxes`
 MESH_POINTS = 468
+# image-left eye (the person's right), image-right eye: the official get_boxes.py points
+OFFICIAL_EYE_POINTS = (np.array([226, 230, 223, 245]), np.array([446, 450, 465, 443]))
 
 
 def _points(connections) -> np.ndarray:
@@ -43,7 +44,7 @@ class FaceMesh:
                 from mediapipe.python.solutions import face_mesh_connections as conn
         except ImportError:
             raise UserError("face boxes need mediapipe: pip install 'personalive[train]'") from None
-        self._parts = [np.arange(MESH_POINTS), _points(conn.FACEMESH_RIGHT_EYE), _points(conn.FACEMESH_LEFT_EYE),
+        self._parts = [np.arange(MESH_POINTS), OFFICIAL_EYE_POINTS[0], OFFICIAL_EYE_POINTS[1],
                        _points(conn.FACEMESH_LIPS)]
         # its graph threads print banners while starting: build it and warm it up inside one silenced window
         with quiet_native_stderr():
