@@ -1,0 +1,200 @@
+"""Random access to the frames of a training clip, with decord (``decord2``) or PyAV.
+
+A dataset sample opens its clip, reads the few frames it needs and closes it: no clip is held in
+memory and nothing is opened before a DataLoader worker forks. Both backends decode on one thread,
+since the DataLoader's workers are the parallelism.
+
+``benchmarks/frame_access.py`` measures the two on the demo video; :data:`DEFAULT_BACKEND` is the
+faster one there, and PyAV (a core dependency) is the fallback when decord is not installed.
+
+Frame indices are presentation order. Clips written by ``personalive data prepare`` have no MP4 edit
+list; for a file that has one, PyAV honours it and decord does not (it counts the trimmed frames too),
+so decord's frame count disagrees with the manifest and the dataset skips the clip rather than
+pairing frames with the wrong boxes.
+"""
+
+from __future__ import annotations
+
+import bisect
+import importlib.util
+from abc import ABC, abstractmethod
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("decord", "pyav")
+# The faster backend in benchmarks/frame_access.py on the demo, when it is installed.
+DEFAULT_BACKEND = "decord" if importlib.util.find_spec("decord") is not None else "pyav"
+
+
+class CorruptVideo(Exception):
+    """The clip cannot be opened or decoded; the dataset skips it (and reports it) instead of failing."""
+
+
+class VideoFrames(ABC):
+    """An open clip: ``len()`` frames, :meth:`read` some of them. Use as a context manager."""
+
+    path: Path
+
+    @abstractmethod
+    def __len__(self) -> int: ...
+
+    def read(self, indices: Sequence[int]) -> np.ndarray:
+        """Frames at ``indices`` (any order, repeats allowed) -> uint8 RGB ``(n, h, w, 3)``."""
+        indices = [int(i) for i in indices]
+        n = len(self)
+        bad = [i for i in indices if not 0 <= i < n]
+        if bad:
+            raise IndexError(f"frame {bad[0]} out of range 0..{n - 1} in {self.path}")
+        wanted = sorted(set(indices))
+        frames = dict(zip(wanted, self._read_sorted(wanted), strict=True))
+        return np.stack([frames[i] for i in indices])
+
+    @abstractmethod
+    def _read_sorted(self, indices: list[int]) -> list[np.ndarray]:
+        """Frames at strictly increasing ``indices``, all in range."""
+
+    @abstractmethod
+    def close(self) -> None:
+        """Release the file (reading after it is an error)."""
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+
+class DecordFrames(VideoFrames):
+    """decord's ``VideoReader`` (it seeks to the keyframe before each wanted frame and decodes on)."""
+
+    def __init__(self, path: str | Path):
+        import decord
+
+        self.path = Path(path)
+        try:
+            self._vr = decord.VideoReader(str(self.path), ctx=decord.cpu(0), num_threads=1)
+        except Exception as exc:  # noqa: BLE001 - decord raises bare RuntimeError/DECORDError for a bad file
+            raise CorruptVideo(f"cannot open {self.path} with decord: {_first_line(exc)}") from None
+        self._len = len(self._vr)
+
+    def __len__(self) -> int:
+        return self._len
+
+    def _read_sorted(self, indices: list[int]) -> list[np.ndarray]:
+        try:
+            batch = self._vr.get_batch(indices).asnumpy()
+        except Exception as exc:  # noqa: BLE001 - see __init__
+            raise CorruptVideo(f"decoding {self.path} failed: {_first_line(exc)}") from None
+        return list(batch)
+
+    def close(self) -> None:
+        self._vr = None
+
+
+class PyAVFrames(VideoFrames):
+    """PyAV: the packet index (demuxed, not decoded) maps frame index -> timestamp and keyframe; reading
+    decodes forward from the last keyframe at or before each wanted frame, and keeps decoding instead of
+    seeking when no keyframe lies between the decoder's position and the next wanted frame."""
+
+    def __init__(self, path: str | Path):
+        import av
+
+        self.path = Path(path)
+        self._av = av
+        try:
+            self._container = av.open(str(self.path))
+        except (av.error.FFmpegError, OSError, ValueError) as exc:
+            raise CorruptVideo(f"cannot open {self.path}: {exc}") from None
+        try:
+            if not self._container.streams.video:
+                raise CorruptVideo(f"{self.path} has no video stream")
+            self._stream = self._container.streams.video[0]
+            self._stream.codec_context.thread_count = 1
+            entries = []
+            for packet in self._container.demux(self._stream):
+                if packet.size and not packet.is_discard and packet.pts is not None:
+                    entries.append((packet.pts, packet.is_keyframe))
+            entries.sort()
+        except self._av.error.FFmpegError as exc:
+            self.close()
+            raise CorruptVideo(f"cannot read {self.path}: {exc}") from None
+        except CorruptVideo:
+            self.close()
+            raise
+        self._pts = [p for p, _ in entries]
+        self._index_of = {p: i for i, p in enumerate(self._pts)}
+        # the keyframes a backward seek can land on, as frame indices
+        self._keyframes = [i for i, (_, key) in enumerate(entries) if key] or [0]
+
+    def __len__(self) -> int:
+        return len(self._pts)
+
+    def _keyframe_before(self, index: int) -> int:
+        return self._keyframes[max(0, bisect.bisect_right(self._keyframes, index) - 1)]
+
+    def _read_sorted(self, indices: list[int]) -> list[np.ndarray]:
+        av = self._av
+        out: list[np.ndarray] = []
+        decoder = None
+        position = -1  # index of the last frame the decoder returned
+        pending = list(indices)
+        try:
+            while pending:
+                target = pending[0]
+                if decoder is None or self._keyframe_before(target) > position or target <= position:
+                    self._container.seek(self._pts[target], stream=self._stream, backward=True)
+                    decoder = self._container.decode(self._stream)
+                    position = -1
+                for frame in decoder:
+                    if frame.pts is None or frame.pts not in self._index_of:
+                        continue
+                    position = self._index_of[frame.pts]
+                    if position == target:
+                        out.append(frame.to_ndarray(format="rgb24"))
+                        pending.pop(0)
+                        break
+                    if position > target:  # the seek landed past it: the index lies
+                        raise CorruptVideo(f"{self.path}: frame {target} cannot be reached by seeking")
+                else:
+                    raise CorruptVideo(f"{self.path}: decoding ended before frame {target}")
+        except av.error.FFmpegError as exc:
+            raise CorruptVideo(f"decoding {self.path} failed: {exc}") from None
+        return out
+
+    def close(self) -> None:
+        container, self._container = getattr(self, "_container", None), None
+        if container is not None:
+            container.close()
+
+
+def _first_line(exc: BaseException) -> str:
+    text = str(exc).strip().splitlines()
+    return text[0] if text else type(exc).__name__
+
+
+FrameOpener = Callable[[Path], VideoFrames]
+
+
+def frame_opener(backend: str | FrameOpener | None = None) -> FrameOpener:
+    """``None`` (the default backend), ``"decord"``, ``"pyav"``, or a callable ``path -> VideoFrames``."""
+    if backend is None:
+        backend = DEFAULT_BACKEND
+    if callable(backend):
+        return backend
+    if backend == "decord":
+        if importlib.util.find_spec("decord") is None:
+            from personalive_cli.errors import UserError
+
+            raise UserError("the decord frame reader needs `pip install decord2` (or use the pyav reader)")
+        return DecordFrames
+    if backend == "pyav":
+        return PyAVFrames
+    from personalive_cli.errors import UserError
+
+    raise UserError(f"unknown frame reader {backend!r} (use {' or '.join(BACKENDS)})")
+
+
+def open_frames(path: str | Path, backend: str | FrameOpener | None = None) -> VideoFrames:
+    return frame_opener(backend)(Path(path))
