@@ -60,10 +60,12 @@ def idw_maps(shape: tuple[int, int], grid: tuple[int, int], scale: float, absolu
     dst_y = np.clip(yy + jitter[..., 0], 0, height - 1).ravel()
     dx = np.arange(width, dtype=np.float32)[None, :, None] - xx.ravel()  # (1, w, k)
     dy = np.arange(height, dtype=np.float32)[:, None, None] - yy.ravel()  # (h, 1, k)
-    weights = 1 / (dx * dx + dy * dy + np.float32(1e-8))  # (h, w, k)
-    weights /= weights.sum(-1, keepdims=True)
-    map_x = np.clip((weights * dst_x).sum(-1), 0, width - 1).astype(np.float32)
-    map_y = np.clip((weights * dst_y).sum(-1), 0, height - 1).astype(np.float32)
+    weights = dx * dx + dy * dy  # (h, w, k), then 1 / (d² + 1e-8) in place
+    weights += np.float32(1e-8)
+    np.reciprocal(weights, out=weights)
+    total = weights.sum(-1)
+    map_x = np.clip(weights @ dst_x / total, 0, width - 1).astype(np.float32)
+    map_y = np.clip(weights @ dst_y / total, 0, height - 1).astype(np.float32)
     return map_x, map_y
 
 

@@ -1,0 +1,29 @@
+"""The frame-access benchmark runs both readers on the same index sets and reports medians and ratio."""
+
+from __future__ import annotations
+
+import numpy as np
+from helpers import write_video
+
+from benchmarks.frame_access import main, measure, workloads
+
+
+def test_workloads_follow_the_datasets():
+    plan = workloads(300, samples=5)
+    assert all(len(p) == 2 and len(set(p)) == 2 for p in plan["pair"])
+    assert all(len(w) == 40 and np.all(np.diff(w) == 4) for w in plan["window"])
+    short = workloads(20, samples=2)["window"]  # shorter than the 157-frame span: the whole clip
+    assert all(w[0] == 0 and w[-1] == 19 for w in short)
+
+
+def test_measure_small_clip(tmp_path, capsys):
+    rng = np.random.default_rng(0)
+    clip = write_video(tmp_path / "c.mp4", [rng.integers(0, 255, (32, 32, 3), dtype=np.uint8) for _ in range(12)])
+    res = measure(clip, samples=2, rounds=2)
+    assert res["frames"] == {"decord": 12, "pyav": 12}
+    for workload in ("pair", "window"):
+        row = res[workload]
+        assert row["decord"] > 0 and row["pyav"] > 0
+        assert row["ratio pyav/decord"] == round(row["pyav"] / row["decord"], 2)
+    assert main([str(tmp_path / "absent.mp4"), "--samples", "2", "--rounds", "1"]) == 1
+    assert "video not found" in capsys.readouterr().err
