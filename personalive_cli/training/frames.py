@@ -18,7 +18,7 @@ from __future__ import annotations
 import bisect
 import importlib.util
 from abc import ABC, abstractmethod
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -26,6 +26,9 @@ import numpy as np
 BACKENDS = ("decord", "pyav")
 # The faster backend in benchmarks/frame_access.py on the demo, when it is installed.
 DEFAULT_BACKEND = "decord" if importlib.util.find_spec("decord") is not None else "pyav"
+# PyAV: decode through up to this many frames rather than seek (a seek costs a decoder flush and may
+# land a keyframe early, see PyAVFrames._decode_from)
+SEEK_GAIN = 16
 
 
 class CorruptVideo(Exception):
@@ -112,21 +115,26 @@ class PyAVFrames(VideoFrames):
                 raise CorruptVideo(f"{self.path} has no video stream")
             self._stream = self._container.streams.video[0]
             self._stream.codec_context.thread_count = 1
-            entries = []
+            pts, keyframe_pts = [], []
             for packet in self._container.demux(self._stream):
-                if packet.size and not packet.is_discard and packet.pts is not None:
-                    entries.append((packet.pts, packet.is_keyframe))
-            entries.sort()
+                if not packet.size or packet.pts is None:
+                    continue
+                if not packet.is_discard:
+                    pts.append(packet.pts)
+                if packet.is_keyframe:  # discarded ones too: an edit list may trim the first keyframe
+                    keyframe_pts.append(packet.pts)
         except self._av.error.FFmpegError as exc:
             self.close()
             raise CorruptVideo(f"cannot read {self.path}: {exc}") from None
         except CorruptVideo:
             self.close()
             raise
-        self._pts = [p for p, _ in entries]
+        self._pts = sorted(pts)  # presentation order (B-frames make decode order differ)
         self._index_of = {p: i for i, p in enumerate(self._pts)}
-        # the keyframes a backward seek can land on, as frame indices
-        self._keyframes = [i for i, (_, key) in enumerate(entries) if key] or [0]
+        # Where decoding can start, as the first frame index it presents: a keyframe presented before
+        # the first kept frame (trimmed by an edit list) starts at frame 0, and so does the stream.
+        self._keyframes = sorted({0} | {i for i in (bisect.bisect_left(self._pts, p) for p in keyframe_pts)
+                                        if i < len(self._pts)})
 
     def __len__(self) -> int:
         return len(self._pts)
@@ -134,29 +142,49 @@ class PyAVFrames(VideoFrames):
     def _keyframe_before(self, index: int) -> int:
         return self._keyframes[max(0, bisect.bisect_right(self._keyframes, index) - 1)]
 
+    def _decode_from(self, target: int) -> Iterator[tuple[int, object]]:
+        """Seek so that decoding starts at or before ``target``; yield (index, frame) in presentation order.
+
+        A backward seek to a timestamp lands on a keyframe at or before it by the demuxer's index, which
+        in MP4 with B-frames can be a few frames off the presentation timestamps: a seek just after a
+        keyframe may land one keyframe early (only slower), or past the target (then we seek again from
+        an earlier keyframe)."""
+        earlier = [k for k in self._keyframes if k < target][::-1]
+        for ts in [self._pts[target], *(self._pts[k] for k in earlier)]:
+            self._container.seek(ts, stream=self._stream, backward=True)
+            decoder = self._container.decode(self._stream)
+            for frame in decoder:
+                index = self._index_of.get(frame.pts) if frame.pts is not None else None
+                if index is not None:
+                    break
+            else:
+                continue
+            if index <= target:
+                yield index, frame
+                for frame in decoder:
+                    index = self._index_of.get(frame.pts) if frame.pts is not None else None
+                    if index is not None:
+                        yield index, frame
+                return
+        raise CorruptVideo(f"{self.path}: frame {target} cannot be reached by seeking")
+
     def _read_sorted(self, indices: list[int]) -> list[np.ndarray]:
         av = self._av
         out: list[np.ndarray] = []
-        decoder = None
-        position = -1  # index of the last frame the decoder returned
-        pending = list(indices)
+        frames = None
+        position = -1  # index of the last frame decoded
         try:
-            while pending:
-                target = pending[0]
-                if decoder is None or self._keyframe_before(target) > position or target <= position:
-                    self._container.seek(self._pts[target], stream=self._stream, backward=True)
-                    decoder = self._container.decode(self._stream)
-                    position = -1
-                for frame in decoder:
-                    if frame.pts is None or frame.pts not in self._index_of:
-                        continue
-                    position = self._index_of[frame.pts]
-                    if position == target:
+            for target in indices:
+                # Seek only when it saves decoding SEEK_GAIN frames or more: a stride-4 window decodes
+                # straight through, which also avoids the inexact landing of seeks just after a keyframe.
+                if frames is None or target <= position or self._keyframe_before(target) - position > SEEK_GAIN:
+                    frames = self._decode_from(target)
+                for position, frame in frames:
+                    if position >= target:
+                        if position != target:
+                            raise CorruptVideo(f"{self.path}: frame {target} is missing from the decoded stream")
                         out.append(frame.to_ndarray(format="rgb24"))
-                        pending.pop(0)
                         break
-                    if position > target:  # the seek landed past it: the index lies
-                        raise CorruptVideo(f"{self.path}: frame {target} cannot be reached by seeking")
                 else:
                     raise CorruptVideo(f"{self.path}: decoding ended before frame {target}")
         except av.error.FFmpegError as exc:
