@@ -40,7 +40,7 @@ from PIL import Image
 
 from personalive_cli.errors import UserError
 from personalive_cli.training.augment import FaceAugmentor
-from personalive_cli.training.clips import MANIFEST_NAME, ClipBoxes, TrainClip, read_train_manifest
+from personalive_cli.training.clips import BOX_NAMES, MANIFEST_NAME, ClipBoxes, TrainClip, read_train_manifest
 from personalive_cli.training.frames import CorruptVideo, FrameOpener, frame_opener
 
 logger = logging.getLogger(__name__)
@@ -231,6 +231,8 @@ class _ClipDataset(torch.utils.data.Dataset, ABC):
         if len(boxes) != entry.clip.frames:
             raise CorruptClip(f"its boxes file now has {len(boxes)} frames, the manifest says "
                               f"{entry.clip.frames}")
+        if not all(np.isfinite(getattr(boxes, name)[indices]).all() for name in BOX_NAMES):
+            raise CorruptClip("its boxes are not finite on the chosen frames")
         with self.opener(entry.video) as video:
             if len(video) != entry.clip.frames:
                 raise CorruptClip(f"the video has {len(video)} frames, the manifest says {entry.clip.frames}")

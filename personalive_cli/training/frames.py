@@ -1,16 +1,18 @@
-"""Random access to the frames of a training clip, with decord (``decord2``) or PyAV.
+"""Random access to the frames of a training clip, with PyAV (the default) or decord (``decord2``).
 
 A dataset sample opens its clip, reads the few frames it needs and closes it: no clip is held in
 memory and nothing is opened before a DataLoader worker forks. Both backends decode on one thread,
 since the DataLoader's workers are the parallelism.
 
-``benchmarks/frame_access.py`` measures the two on the demo video; :data:`DEFAULT_BACKEND` is the
-faster one there, and PyAV (a core dependency) is the fallback when decord is not installed.
+``benchmarks/frame_access.py`` times the two on the demo videos (2 random frames, and 40 frames at
+stride 4). They cost the same CPU time there, within the benchmark's noise, so the default is PyAV: a
+core dependency, and exact on files with an MP4 edit list, which decord ignores (it counts the trimmed
+frames too and returns other frames than sequential decoding). ``reader="decord"`` uses decord when
+``decord2`` is installed.
 
-Frame indices are presentation order. Clips written by ``personalive data prepare`` have no MP4 edit
-list; for a file that has one, PyAV honours it and decord does not (it counts the trimmed frames too),
-so decord's frame count disagrees with the manifest and the dataset skips the clip rather than
-pairing frames with the wrong boxes.
+Frame indices are presentation order. Clips written by ``personalive data prepare`` have no edit list;
+for a file that has one, decord's frame count disagrees with the manifest and the dataset skips the
+clip rather than pairing frames with the wrong boxes.
 """
 
 from __future__ import annotations
@@ -24,8 +26,11 @@ from pathlib import Path
 import numpy as np
 
 BACKENDS = ("decord", "pyav")
-# The faster backend in benchmarks/frame_access.py on the demo, when it is installed.
-DEFAULT_BACKEND = "decord" if importlib.util.find_spec("decord") is not None else "pyav"
+DEFAULT_BACKEND = "pyav"
+
+
+def installed_backends() -> tuple[str, ...]:
+    return tuple(b for b in BACKENDS if b != "decord" or importlib.util.find_spec("decord") is not None)
 # PyAV: decode through up to this many frames rather than seek (a seek costs a decoder flush and may
 # land a keyframe early, see PyAVFrames._decode_from)
 SEEK_GAIN = 16
@@ -177,12 +182,13 @@ class PyAVFrames(VideoFrames):
             for target in indices:
                 # Seek only when it saves decoding SEEK_GAIN frames or more: a stride-4 window decodes
                 # straight through, which also avoids the inexact landing of seeks just after a keyframe.
-                if frames is None or target <= position or self._keyframe_before(target) - position > SEEK_GAIN:
+                far = self._keyframe_before(target) - position > SEEK_GAIN
+                if frames is None or target <= position or far:
                     frames = self._decode_from(target)
                 for position, frame in frames:
                     if position >= target:
                         if position != target:
-                            raise CorruptVideo(f"{self.path}: frame {target} is missing from the decoded stream")
+                            raise CorruptVideo(f"{self.path}: frame {target} is missing from the stream")
                         out.append(frame.to_ndarray(format="rgb24"))
                         break
                 else:

@@ -189,11 +189,15 @@ def test_corrupt_clips_are_skipped_and_reported(tmp_path, demo_frames, caplog, a
     warnings = [r.getMessage() for r in caplog.records]
     assert len(warnings) == 2  # once per clip
     assert any("broken" in w for w in warnings) and any("no face" in w for w in warnings)
-    # a video whose frame count disagrees with the manifest is skipped the same way
+    # a video whose frame count disagrees with the manifest, or boxes that are not numbers, the same way
     cut = add_clip(tmp_path, "cut", demo_frames[:30], 40)
-    write_train_manifest(tmp_path / "train_manifest.csv", [clips[0], cut])
-    ds = pair_dataset(tmp_path, augment=False)
-    assert {ds[k]["skipped"] for k in range(2)} == {"", "cut"}
+    nan_boxes = plausible_boxes(40)
+    nan_boxes.mouth[:] = np.nan
+    nan = add_clip(tmp_path, "nan", demo_frames, 40, boxes=nan_boxes)
+    for bad in (cut, nan):
+        write_train_manifest(tmp_path / "train_manifest.csv", [clips[0], bad])
+        ds = pair_dataset(tmp_path, augment=False)
+        assert {ds[k]["skipped"] for k in range(2)} == {"", bad.id}
 
 
 def test_only_corrupt_clips_is_an_error(tmp_path, add_clip):
@@ -260,4 +264,4 @@ def test_clip_input_matches_transformers():
     ours = clip_input(img)
     theirs = CLIPImageProcessor()(images=img, return_tensors="pt").pixel_values[0]
     assert ours.shape == theirs.shape
-    assert (ours - theirs).abs().mean() < 0.02
+    assert (ours - theirs).abs().mean() < 1e-3
