@@ -1,0 +1,77 @@
+"""A small DATA folder for the training tests, built here (not with ``data prepare``): clips cut from the
+packaged demo video, resized to 128², with plausible hand-made boxes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from helpers import write_video
+from PIL import Image
+
+from personalive_cli.io.video import VideoReader
+from personalive_cli.training.clips import ClipBoxes, TrainClip, write_train_manifest
+
+PACKAGED_DEMO = Path(__file__).resolve().parents[2] / "personalive_cli" / "demo" / "driving.mp4"
+SIDE = 128
+
+
+def _plausible_boxes(n: int, side: int = SIDE, detected_first: bool = True) -> ClipBoxes:
+    """A face box in the centre region drifting a little, eyes and mouth inside it."""
+    t = np.arange(n, dtype=np.float32)[:, None]
+    drift = np.hstack([np.sin(t / 7), np.cos(t / 9)]) * side * 0.03
+
+    def box(x1, y1, x2, y2):
+        b = np.array([[x1, y1, x2, y2]], np.float32) * side
+        return (b + np.hstack([drift, drift])).astype(np.float32)
+
+    detected = np.ones(n, bool)
+    detected[0] = detected_first
+    return ClipBoxes(face=box(0.3, 0.25, 0.7, 0.75), left_eye=box(0.36, 0.4, 0.46, 0.46),
+                     right_eye=box(0.54, 0.4, 0.64, 0.46), mouth=box(0.42, 0.6, 0.58, 0.68),
+                     detected=detected)
+
+
+@pytest.fixture(scope="session")
+def demo_frames() -> list[np.ndarray]:
+    frames = []
+    for frame in VideoReader(PACKAGED_DEMO).iter_frames(0, 80):
+        frames.append(np.asarray(Image.fromarray(frame).resize((SIDE, SIDE), Image.BILINEAR)))
+    return frames
+
+
+def _add_clip(root: Path, clip_id: str, frames: list[np.ndarray] | None, n: int, split: str = "train",
+             boxes: ClipBoxes | None = None) -> TrainClip:
+    """Write videos/<id>.mp4 (or garbage bytes when ``frames`` is None) and boxes/<id>.npz."""
+    (root / "videos").mkdir(exist_ok=True)
+    (root / "boxes").mkdir(exist_ok=True)
+    video = root / "videos" / f"{clip_id}.mp4"
+    if frames is None:
+        video.write_bytes(b"\x00\x00\x00\x18ftypmp42 not really a video" * 50)
+    else:
+        write_video(video, frames[:n])
+    (boxes or _plausible_boxes(n)).save(root / "boxes" / f"{clip_id}.npz")
+    return TrainClip(id=clip_id, video=f"videos/{clip_id}.mp4", boxes=f"boxes/{clip_id}.npz", frames=n,
+                     size=SIDE, fps=25.0, split=split, source="test")
+
+
+@pytest.fixture(scope="session")
+def data_dir(tmp_path_factory, demo_frames) -> Path:
+    """Two good clips: 80 frames (the 30-frame margin applies) and 40 frames (too short for it)."""
+    root = tmp_path_factory.mktemp("data")
+    clips = [_add_clip(root, "long", demo_frames, 80), _add_clip(root, "short", demo_frames[20:], 40)]
+    write_train_manifest(root / "train_manifest.csv", clips)
+    return root
+
+
+@pytest.fixture(scope="session")
+def add_clip():
+    """``add_clip(root, id, frames | None, n, split="train", boxes=None) -> TrainClip``"""
+    return _add_clip
+
+
+@pytest.fixture(scope="session")
+def plausible_boxes():
+    """``plausible_boxes(n, side=128, detected_first=True) -> ClipBoxes``"""
+    return _plausible_boxes
