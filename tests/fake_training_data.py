@@ -28,6 +28,10 @@ from personalive_cli.training.clips import (
 CLIP_MEAN = np.array([0.48145466, 0.4578275, 0.40821073], dtype=np.float32)
 CLIP_STD = np.array([0.26862954, 0.26130258, 0.27577711], dtype=np.float32)
 SPEC = "fake_training_data:ImagePairDataset"
+# What the tiny test runs share (the tiny preset plus this dataset); the shared run (tests/training/conftest.py)
+# makes RUN_STEPS steps with checkpoints at 2 and 4 and validation at 0 and 4.
+TINY_ARGS = ["--preset", "tiny", "--set", f"dataset={SPEC}", "--set", "checkpoint_every=2", "--set", "validate_every=4"]
+RUN_STEPS = 4
 
 
 # ---------------------------------------------------------------------------------------------- data on disk

@@ -201,8 +201,10 @@ class Runner:
 
     def run(self) -> RunResult:
         from personalive_cli.pipeline.components import PersonaLiveModels
+        from personalive_cli.training.clips import read_train_manifest
 
         config, existing = self._resolve_config()
+        read_train_manifest(self.data)  # a missing or empty dataset fails before anything slow
         accelerator = self._accelerator(config)
         # Every process has checked the output folder before process 0 may create it.
         accelerator.wait_for_everyone()

@@ -64,6 +64,15 @@ def vae_sample(vae, images: torch.Tensor, ctx: StepContext) -> torch.Tensor:
     return (dist.mean + dist.std * noise).float() * vae.config.scaling_factor
 
 
+def face_weight_mask(face_mask: torch.Tensor, local_mask: torch.Tensor, size: tuple[int, int],
+                     channels: int = 4) -> torch.Tensor:
+    """The face-region loss weight on the latent grid: (b, 1, S, S) {0, 1} masks -> (b, channels, h, w) with
+    1 on the face, 2 on eyes and mouth (inside the face), 0 elsewhere (nearest-neighbour downsampling)."""
+    mask = (F.interpolate(face_mask.float(), size=size, mode="nearest")
+            + F.interpolate(local_mask.float(), size=size, mode="nearest"))
+    return mask.expand(-1, channels, -1, -1)
+
+
 class Stage1(Stage):
     name: ClassVar[str] = "stage1"
     trained_modules: ClassVar[tuple[str, ...]] = ("denoising_unet", "reference_unet", "pose_guider", "motion_encoder")
@@ -125,8 +134,7 @@ class Stage1(Stage):
 
         alpha = self.scheduler.alphas_cumprod.to(ctx.device)[t].view(b, 1, 1, 1)
         x0_pred = (z_t.float() - (1 - alpha).sqrt() * eps.float()) / alpha.sqrt()  # fp32, whatever autocast does
-        mask = (F.interpolate(batch["face_mask"].float(), size=(h, w), mode="nearest")
-                + F.interpolate(batch["local_mask"].float(), size=(h, w), mode="nearest")).expand(-1, 4, -1, -1)
+        mask = face_weight_mask(batch["face_mask"], batch["local_mask"], (h, w))
         mse = F.mse_loss(x0_pred, x0)
         face = F.mse_loss(x0_pred * mask, x0 * mask)
         flags = torch.tensor([uncond, zero_motion, zero_pose], dtype=torch.float32, device=ctx.device)
