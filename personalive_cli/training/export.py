@@ -55,6 +55,7 @@ def export_run(run_path: str | Path, out: str | Path, step: int | None = None) -
     from personalive_cli.io.outputs import check_output_folder
 
     out = Path(out)
+    open_run(Path(run_path))
     check_output_folder(out, inputs=[run_path])
     if out.is_dir() and any(out.iterdir()):
         raise UserError(f"{out} is not empty; export into a new folder")

@@ -181,7 +181,10 @@ class Runner:
         project = ProjectConfiguration(project_dir=str(self.output), logging_dir=str(self.output / TRACKER_DIR))
         # find_unused_parameters: the uncond / zero-pose / zero-motion steps leave whole networks without
         # gradients, differently on each process (as in the official code).
-        return Accelerator(mixed_precision=precision, project_config=project,
+        # Without CUDA, several processes (accelerate launch / torchrun) are data-parallel on the CPU (gloo)
+        # only when accelerate is told it runs on the CPU.
+        mps = getattr(torch.backends, "mps", None) is not None and torch.backends.mps.is_available()
+        return Accelerator(mixed_precision=precision, project_config=project, cpu=not cuda and not mps,
                            log_with=None if config.log_with == "none" else config.log_with,
                            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
@@ -366,6 +369,8 @@ class Runner:
                 if validate:
                     accelerator.wait_for_everyone()
                 if done % config.checkpoint_every == 0 or last or stopping:
+                    if world > 1:
+                        self._check_replicas(accelerator, net)
                     result.checkpoint = self._save(accelerator, config, run, done, samples, skipped)
                 if stopping:
                     result.interrupted = True
@@ -384,6 +389,22 @@ class Runner:
             return local
         flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
+
+    def _check_replicas(self, accelerator, net) -> None:
+        """Data-parallel processes must hold identical weights: compare a checksum of every parameter across
+        processes; a mismatch is an error, not a silent divergence. (Buffers such as BatchNorm statistics are
+        process 0's: DDP broadcasts them at every forward pass, and process 0 saves them.)"""
+        params = [p for _, p in accelerator.unwrap_model(net).named_parameters()]
+        total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
+        for i, value in enumerate(params):
+            v = value.detach().double().flatten()
+            total[0] += v.sum()
+            total[1] += (v * torch.linspace(1, 2, v.numel(), dtype=torch.float64, device=v.device)).sum() * (i + 1)
+        sums = accelerator.gather(total[None]).cpu()
+        if not torch.equal(sums, sums[:1].expand_as(sums)):
+            raise RuntimeError(f"the {len(sums)} processes hold different weights (checksums {sums[:, 0].tolist()})")
+        if accelerator.is_main_process:
+            log.info(f"all {len(sums)} processes hold identical weights (checksum {float(sums[0, 1]):.12g})")
 
     def _save(self, accelerator, config: TrainConfig, run: RunFolder, step: int, samples: int,
               skipped: Counter) -> Path:
