@@ -104,13 +104,13 @@ def stage1_cmd(
     progress = TrainProgress() if main else None
     runner = Runner(Stage1(), data, output, train_config, resume=bool(resume), overrides=overrides,
                     on_start=progress.start if progress else None, on_step=progress.step if progress else None,
-                    on_event=progress.event if progress else None)
+                    on_event=progress.event if progress else lambda text: None)
     try:
         result = runner.run()
     finally:
         if progress:
             progress.stop()
-    if not main:
+    if not main or result.start_step is None:  # another process, or nothing was left to train
         return
     skipped = f"; {sum(result.skipped.values())} corrupt clip reads skipped ({', '.join(sorted(result.skipped))})" \
         if result.skipped else ""

@@ -112,15 +112,31 @@ def _fail(problems: list[str], root: Path) -> None:
 
 
 def _build(layout: WeightsLayout, seed: int):
-    """Freshly initialised networks (seeded) of the folder's architecture, VAE and CLIP loaded."""
+    """Freshly initialised (seeded) trainable networks of the folder's architecture, VAE and CLIP loaded.
+
+    The container is built on the meta device and only the networks that need values are materialised:
+    a random VAE and CLIP that are replaced at once would cost seconds."""
     from diffusers import AutoencoderKL
     from transformers import CLIPVisionModelWithProjection
 
+    from personalive_cli.models.denoising_unet import DenoisingUNet
+    from personalive_cli.models.keypoint_extractor import KeypointExtractor
+    from personalive_cli.models.motion_encoder import MotionEncoder
+    from personalive_cli.models.pose_guider import PoseGuider
+    from personalive_cli.models.reference_unet import ReferenceUNet
     from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels, _quiet_hub_progress
 
     _quiet_hub_progress()
     config = PersonaLiveConfig.for_layout(layout)
-    models = PersonaLiveModels.random(config, seed=seed)
+    with torch.device("meta"):
+        models = PersonaLiveModels(config)
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        models.reference_unet = ReferenceUNet(config.unet)
+        models.denoising_unet = DenoisingUNet(config.unet)
+        models.pose_guider = PoseGuider(config.pose_guider)
+        models.motion_encoder = MotionEncoder(config.motion_encoder)
+        models.keypoint_extractor = KeypointExtractor(config.keypoints)
     try:
         models.vae = AutoencoderKL.from_pretrained(layout.vae)
         models.image_encoder = CLIPVisionModelWithProjection.from_pretrained(layout.image_encoder)

@@ -56,12 +56,13 @@ VALIDATION_SAMPLES = 10**12
 @dataclass
 class RunResult:
     run: Path
-    step: int  # optimiser steps done
+    step: int  # the run's optimiser steps so far
     interrupted: bool
     checkpoint: Path | None
     skipped: dict[str, int] = field(default_factory=dict)
     validation: list[Path] = field(default_factory=list)
     seconds: float = 0.0
+    start_step: int | None = None  # where this call started (None: it trained nothing)
 
 
 class _StepModule(nn.Module):
@@ -77,6 +78,12 @@ class _StepModule(nn.Module):
 
     def forward(self, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         return self.stage.training_step(self.models, batch, ctx)
+
+
+class _NothingToDo(Exception):
+    def __init__(self, run: RunFolder, step: int, max_steps: int):
+        super().__init__()
+        self.run, self.step, self.max_steps = run, step, max_steps
 
 
 class _StopFlag:
@@ -166,7 +173,11 @@ class Runner:
         if fixed:
             raise UserError(f"--resume continues {run.path} with its own config; {fixed[0]} cannot change "
                             f"(only {', '.join(RESUMABLE_CHANGES)} can)")
-        return saved.updated(changed, "command line"), run
+        config = saved.updated(changed, "command line")
+        steps = run.checkpoint_steps()
+        if steps and steps[-1] >= config.max_steps:
+            raise _NothingToDo(run, steps[-1], config.max_steps)
+        return config, run
 
     def _accelerator(self, config: TrainConfig):
         from accelerate import Accelerator
@@ -206,7 +217,12 @@ class Runner:
         from personalive_cli.pipeline.components import PersonaLiveModels
         from personalive_cli.training.clips import read_train_manifest
 
-        config, existing = self._resolve_config()
+        try:
+            config, existing = self._resolve_config()
+        except _NothingToDo as done:
+            self.on_event(f"nothing to do: the run is at step {done.step} of max_steps {done.max_steps} "
+                          "(give a larger --max-steps to continue)")
+            return RunResult(done.run.path, done.step, False, done.run.checkpoint(done.step))
         read_train_manifest(self.data)  # a missing or empty dataset fails before anything slow
         accelerator = self._accelerator(config)
         # Every process has checked the output folder before process 0 may create it.
@@ -300,16 +316,17 @@ class Runner:
         loader = tud.DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                                 pin_memory=device.type == "cuda", persistent_workers=False)
         batches = iter(loader)
-        result = RunResult(run.path, start_step, False, latest, dict(skipped))
-        if main:
-            self.on_start(start_step, config.max_steps)
-            if start_step == 0 and config.validate_every:  # the starting point, for comparison
-                row = {"step": 0, "val_loss": self._validation_loss(models, dataset, config, device, accelerator)}
-                metrics.write(row)
-                result.validation.append(self._validate(accelerator, models, config, run, 0, validation_frames))
-        accelerator.wait_for_everyone()
-        window_seconds, window_steps = 0.0, 0  # training time only (no validation, no checkpoints)
-        with _StopFlag() as stop:
+        stop = _StopFlag()
+        with stop:
+            result = RunResult(run.path, start_step, False, latest, dict(skipped), start_step=start_step)
+            if main:
+                self.on_start(start_step, config.max_steps)
+                if start_step == 0 and config.validate_every:  # the starting point, for comparison
+                    row = {"step": 0, "val_loss": self._validation_loss(models, dataset, config, device, accelerator)}
+                    metrics.write(row)
+                    result.validation.append(self._validate(accelerator, models, config, run, 0, validation_frames))
+            accelerator.wait_for_everyone()
+            window_seconds, window_steps = 0.0, 0  # training time only (no validation, no checkpoints)
             for step in range(start_step, config.max_steps):
                 step_started = time.perf_counter()
                 terms: dict[str, float] = {}

@@ -72,22 +72,19 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_matches_the_uninterrupted_run(tin
     run = tmp_path / "RUN"
     config = resolve_config("tiny", overrides={"dataset": SPEC, "init": str(tiny_weights), "max_steps": RUN_STEPS,
                                                "checkpoint_every": 100, "validate_every": 0})
-
-    def ctrl_c(step, row):
-        if step == 1:
-            os.kill(os.getpid(), signal.SIGINT)  # the handler only asks the runner to stop
-
     handler = signal.getsignal(signal.SIGINT)
-    result = Runner(Stage1(), train_data, run, config, on_step=ctrl_c).run()
-    assert result.interrupted and result.step == 2 and result.checkpoint == run / "checkpoints" / "step-00000002"
+    # Ctrl-C as training starts: the handler only asks the runner to stop after the step under way
+    result = Runner(Stage1(), train_data, run, config,
+                    on_start=lambda start, total: os.kill(os.getpid(), signal.SIGINT)).run()
+    assert result.interrupted and result.step == 1 and result.checkpoint == run / "checkpoints" / "step-00000001"
     assert signal.getsignal(signal.SIGINT) is handler  # restored
-    r = invoke("train", "stage1", train_data, "--output", run, "--resume", "latest")
+    r = invoke("train", "stage1", train_data, "--output", run, "--resume", "latest", "--max-steps", 2)
     assert r.returncode == 0, r.stderr
-    assert "resumed from" in r.stderr and f"trained to step {RUN_STEPS}" in r.stderr
-    resumed, straight = _weights(run, RUN_STEPS), _weights(tiny_run, RUN_STEPS)
+    assert "resumed from" in r.stderr and "trained to step 2" in r.stderr
+    resumed, straight = _weights(run, 2), _weights(tiny_run, 2)  # the shared run has a checkpoint at step 2
     assert max((resumed[k].float() - straight[k].float()).abs().max().item() for k in straight) <= 1e-6
     steps = [int(r["step"]) for r in csv.DictReader((run / "metrics.csv").open())]
-    assert steps == list(range(1, RUN_STEPS + 1))  # no duplicated rows after the resume (no step-0 validation here)
+    assert steps == [1, 2]  # one row per step across the resume (no step-0 validation here)
     line = one_error_line(invoke("train", "stage1", train_data, "--output", run, "--resume", "latest",
                                  "--set", "batch_size=2"))
     assert "batch_size cannot change" in line
@@ -96,10 +93,10 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_matches_the_uninterrupted_run(tin
 def test_corrupt_clip_is_skipped_counted_and_reported(tmp_path, tiny_weights):
     data = write_dataset(tmp_path / "DATA", n_clips=1)
     root, clips = read_train_manifest(data)
-    clips.append(write_clip(data, "broken", seed=5))
+    clips.append(write_clip(data, "broken", seed=5))  # the first row (rows are sorted): the first sample's clip
     (data / "videos" / "broken.mp4").write_bytes(b"\x00" * 100)  # damaged after preparation
     write_train_manifest(data / MANIFEST_NAME, clips)
-    r = invoke("train", "stage1", data, "--output", tmp_path / "RUN", "--init", tiny_weights, "--max-steps", 2,
+    r = invoke("train", "stage1", data, "--output", tmp_path / "RUN", "--init", tiny_weights, "--max-steps", 1,
                "--preset", "tiny", "--set", f"dataset={SPEC}", "--set", "validate_every=0")
     assert r.returncode == 0, r.stderr
     assert "skipped corrupt clip broken" in r.stderr and "corrupt clip reads skipped (broken)" in r.stderr
@@ -159,10 +156,6 @@ def test_bad_init_folders(train_data, tmp_path, tiny_weights):
     torch.save(state, bad / "personalive" / "pose_guider.pth")
     line = one_error_line(invoke("train", "stage1", train_data, "--output", out, "--init", bad, *TINY_ARGS))
     assert "pose_guider.pth: key conv_in.weight has shape" in line
-    shutil.copy(tiny_weights / "personalive" / "pose_guider.pth", bad / "personalive")
-    (bad / "personalive" / "motion_encoder.pth").unlink()
-    line = one_error_line(invoke("train", "stage1", train_data, "--output", out, "--init", bad, *TINY_ARGS))
-    assert "missing weights file" in line and "motion_encoder.pth" in line
     assert _no_run(out)
     assert "official (default" in invoke("train", "stage1", "--help").stdout  # the --help the errors point at
 
