@@ -77,8 +77,15 @@ def stage1_cmd(
 ) -> None:
     """Stage I: image-level hybrid motion training (the official recipe; see README "Train").
 
-    Single process: `personalive train stage1 DATA --output RUN`; many GPUs or nodes: the same arguments after
-    `accelerate launch [--multi_gpu --num_processes N ...] -m personalive_cli.cli.app train stage1`."""
+    Single process: `personalive train stage1 DATA --output RUN --init DIR`; many GPUs or nodes: the same
+    arguments after `accelerate launch [--multi_gpu --num_processes N ...] -m personalive_cli.cli.app train
+    stage1`. Ctrl-C saves a checkpoint; `--resume latest` continues.
+
+    --init DIR is one of: the official layout (personalive/denoising_unet.pth ..., e.g. from `personalive
+    weights download DIR` or `personalive train export`); X-NeMo-style files (xnemo_denoising_unet.pth,
+    xnemo_reference_unet.pth, xnemo_motion_encoder.pth in DIR or DIR/xnemo, pose_guider.pth); or, from
+    scratch, sd-image-variations-diffusers/unet/ with its weights. The last two also need
+    sd-vae-ft-mse/, sd-image-variations-diffusers/image_encoder/ and LivePortrait's motion_extractor.pth."""
     from personalive_cli.errors import UserError
     from personalive_cli.extras import require_extra
     from personalive_cli.training.config import TrainConfig, parse_overrides, read_yaml, resolve_config

@@ -106,11 +106,13 @@ class Stage1(Stage):
         m, cfg = models, ctx.config
         target = batch["target"]
         b, size = target.shape[0], target.shape[-1]
-        with torch.no_grad():
+        # The frozen networks run in their own dtypes, outside mixed precision (as the official loop does, where
+        # only the trained networks are under autocast): the keypoints, hence the dots, stay fp32.
+        with torch.no_grad(), torch.autocast(ctx.device.type, enabled=False):
             x0 = vae_sample(m.vae, target, ctx)  # (b, 4, h, w)
             ref_latent = vae_sample(m.vae, batch["reference"], ctx)
             clip = m.image_encoder(batch["clip_image"].to(m.image_encoder.dtype)).image_embeds[:, None].float()
-            kps = m.keypoint_extractor(batch["target_pose"]).posed()  # own canonical points, own R, s, t
+            kps = m.keypoint_extractor(batch["target_pose"].float()).posed()  # own canonical points, own R, s, t
             canvas = draw_keypoints(kps.float(), size)  # (b, 3, S, S) in [0, 1]
         h, w = x0.shape[-2:]
         noise = ctx.randn(b, 4, h, w) + cfg.noise_offset * ctx.randn(b, 4, 1, 1)

@@ -28,10 +28,10 @@ def test_export_then_weights_check_then_animate(tiny_run, train_data, tmp_path):
     reference = tmp_path / "ref.png"
     Image.fromarray(np.full((128, 128, 3), 120, np.uint8)).save(reference)
     video = tmp_path / "out.mp4"
-    r = invoke("animate", reference, train_data / "videos" / "clip0.mp4", "--weights", out, "--size", 128, "--frames", 5,
+    r = invoke("animate", reference, train_data / "videos" / "clip0.mp4", "--weights", out, "--size", 128, "--frames", 4,
                "--crop", "none", "--device", "cpu", "-o", video)
     assert r.returncode == 0, r.stderr
-    assert probe(video)["frames"] == 5
+    assert probe(video)["frames"] == 4
 
 
 def test_export_errors(tiny_run, tmp_path):

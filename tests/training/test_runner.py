@@ -4,6 +4,7 @@ Ctrl-C and resume (bit for bit), corrupt clips, and every bad input as a user ty
 from __future__ import annotations
 
 import csv
+import importlib.util
 import json
 import os
 import shutil
@@ -96,12 +97,16 @@ def test_corrupt_clip_is_skipped_counted_and_reported(tmp_path, tiny_weights):
     clips.append(write_clip(data, "broken", seed=5))  # the first row (rows are sorted): the first sample's clip
     (data / "videos" / "broken.mp4").write_bytes(b"\x00" * 100)  # damaged after preparation
     write_train_manifest(data / MANIFEST_NAME, clips)
+    # (with 2 accumulated micro-batches: samples 0 and 1 make the step)
     r = invoke("train", "stage1", data, "--output", tmp_path / "RUN", "--init", tiny_weights, "--max-steps", 1,
-               "--preset", "tiny", "--set", f"dataset={SPEC}", "--set", "validate_every=0")
+               "--preset", "tiny", "--set", f"dataset={SPEC}", "--set", "validate_every=0",
+               "--set", "gradient_accumulation_steps=2")
     assert r.returncode == 0, r.stderr
     assert "skipped corrupt clip broken" in r.stderr and "corrupt clip reads skipped (broken)" in r.stderr
     rows = list(csv.DictReader((tmp_path / "RUN" / "metrics.csv").open()))
     assert int(rows[-1]["skipped"]) >= 1
+    state = json.loads((tmp_path / "RUN" / "checkpoints" / "step-00000001" / "trainer.json").read_text())
+    assert state["samples"] == 2 and state["skipped"]["broken"] >= 1
 
 
 # ------------------------------------------------------------------------------------------------ bad inputs
@@ -167,6 +172,10 @@ def test_bad_config_and_batch(train_data, tmp_path):
              (["--set", "batch_size=0"], "batch_size must be at least 1"),
              (["--config", tmp_path / "missing.yaml"], "config file not found"),
              (["--resume", "earliest"], "--resume takes 'latest'")]
+    if not torch.cuda.is_available():
+        cases.append((["--set", "mixed_precision=fp16"], "fp16 needs a CUDA device"))
+    if importlib.util.find_spec("bitsandbytes") is None:
+        cases.append((["--set", "optimizer=adamw8bit"], "adamw8bit needs bitsandbytes"))
     for args, expected in cases:
         assert expected in one_error_line(invoke("train", "stage1", train_data, "--output", out, *TINY_ARGS, *args))
     f = tmp_path / "c.yaml"
