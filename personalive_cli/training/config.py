@@ -51,7 +51,7 @@ class TrainConfig:
     margin: int = 30  # reference/target frames at least this far apart (clips longer than 64 frames)
     augment: bool = True  # the motion-encoder crop augmentation
     num_workers: int = 4  # data-loader worker processes (0: in the training process)
-    dataset: str = "personalive_cli.training.datasets:ImagePairDataset"  # module:class of the image-pair dataset
+    dataset: str | None = None  # module:Class of the dataset (default: the stage's own; a custom one takes its arguments)
     # --- optimiser
     learning_rate: float = 1e-5  # constant
     adam_beta1: float = 0.9
@@ -138,7 +138,7 @@ class TrainConfig:
              "validation_frames must be a positive multiple of 4"),
             (self.validation_samples >= 0, "validation_samples must be 0 or more"),
             (self.log_every >= 1, "log_every must be at least 1"),
-            (":" in self.dataset, "dataset must be module:Class"),
+            (self.dataset is None or ":" in self.dataset, "dataset must be module:Class"),
         ]
         for name in ("uncond_ratio", "zero_motion_ratio", "zero_pose_ratio"):
             value = getattr(self, name)

@@ -134,6 +134,13 @@ class GlobalBatchSampler(torch.utils.data.Sampler):
         return max(0, self.stop - self.start)
 
 
+def _ignore_interrupts(worker_id: int) -> None:
+    """Data-loader workers ignore Ctrl-C (the terminal signals the whole process group): the training process
+    finishes its step, still reading batches, saves a checkpoint and then shuts the workers down."""
+    signal.signal(signal.SIGINT, signal.SIG_IGN)
+    signal.signal(signal.SIGTERM, signal.SIG_IGN)
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
             for k, v in batch.items()}
@@ -242,7 +249,7 @@ class Runner:
         else:
             models = PersonaLiveModels.from_pretrained(existing.base)
             init_detail = existing.info().get("init", "")
-        dataset_cls = load_dataset_class(config.dataset)
+        dataset_cls = load_dataset_class(config.dataset or self.stage.default_dataset)
         dataset = dataset_cls(self.data, **self.stage.dataset_kwargs(config, models))
         validation_frames = None
         if config.validate_every and main:
@@ -299,10 +306,6 @@ class Runner:
             skipped = Counter(state.get("skipped", {}))
             if main:
                 self.on_event(f"resumed from {latest} (step {start_step})")
-        if start_step >= config.max_steps:
-            if main:
-                self.on_event(f"nothing to do: the run is at step {start_step} of max_steps {config.max_steps}")
-            return RunResult(run.path, start_step, False, latest, dict(skipped))
 
         if main and config.log_with != "none":
             accelerator.init_trackers(stage.name)
@@ -314,7 +317,8 @@ class Runner:
         sampler = GlobalBatchSampler(config.batch_size, rank, world, start_step * accumulation,
                                      config.max_steps * accumulation)
         loader = tud.DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
-                                pin_memory=device.type == "cuda", persistent_workers=False)
+                                pin_memory=device.type == "cuda", persistent_workers=False,
+                                worker_init_fn=_ignore_interrupts if config.num_workers else None)
         batches = iter(loader)
         stop = _StopFlag()
         with stop:

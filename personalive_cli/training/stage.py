@@ -57,6 +57,8 @@ class Stage:
     trained_modules: ClassVar[tuple[str, ...]]
     # Names of the terms ``training_step`` returns ("loss" first): the columns of metrics.csv.
     loss_terms: ClassVar[tuple[str, ...]]
+    # module:Class of the dataset the stage reads (the config key ``dataset`` replaces it).
+    default_dataset: ClassVar[str]
 
     def configure(self, models) -> None:
         """Set ``requires_grad`` and train/eval modes on ``models`` (a PersonaLiveModels) for this stage."""

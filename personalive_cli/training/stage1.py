@@ -77,6 +77,7 @@ class Stage1(Stage):
     name: ClassVar[str] = "stage1"
     trained_modules: ClassVar[tuple[str, ...]] = ("denoising_unet", "reference_unet", "pose_guider", "motion_encoder")
     loss_terms: ClassVar[tuple[str, ...]] = ("loss", "mse", "face", "uncond", "zero_motion", "zero_pose")
+    default_dataset: ClassVar[str] = "personalive_cli.training.datasets:ImagePairDataset"
 
     def __init__(self) -> None:
         self.scheduler = StreamScheduler()

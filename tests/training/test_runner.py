@@ -6,9 +6,13 @@ from __future__ import annotations
 import csv
 import importlib.util
 import json
+import multiprocessing
 import os
+import re
 import shutil
 import signal
+import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -68,15 +72,33 @@ def test_trained_and_frozen_parts_across_the_run(tiny_run, tiny_models):
         assert any(k.startswith(f"trained.{name}.") for k in changed), name
 
 
+def _ignores_sigint(pid: int) -> bool:
+    status = Path(f"/proc/{pid}/status").read_text()
+    return bool(int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M).group(1), 16) & (1 << (signal.SIGINT - 1)))
+
+
 def test_ctrl_c_saves_a_checkpoint_then_resume_matches_the_uninterrupted_run(tiny_run, train_data, tiny_weights,
                                                                               tmp_path):
+    """Ctrl-C in a terminal signals the whole process group, data-loader workers too: the step under way
+    finishes (the workers keep serving it), a checkpoint is written; --resume continues exactly where the
+    uninterrupted run went."""
     run = tmp_path / "RUN"
     config = resolve_config("tiny", overrides={"dataset": SPEC, "init": str(tiny_weights), "max_steps": RUN_STEPS,
-                                               "checkpoint_every": 100, "validate_every": 0})
+                                               "checkpoint_every": 100, "validate_every": 0, "num_workers": 1})
+
+    def ctrl_c(start, total):  # as training starts: the workers exist, no batch has been read yet
+        workers = multiprocessing.active_children()
+        assert workers
+        for w in workers:
+            deadline = time.monotonic() + 30
+            while not _ignores_sigint(w.pid):  # (a worker interrupted before its init exits quietly)
+                assert time.monotonic() < deadline
+                time.sleep(0.01)
+            os.kill(w.pid, signal.SIGINT)
+        os.kill(os.getpid(), signal.SIGINT)
+
     handler = signal.getsignal(signal.SIGINT)
-    # Ctrl-C as training starts: the handler only asks the runner to stop after the step under way
-    result = Runner(Stage1(), train_data, run, config,
-                    on_start=lambda start, total: os.kill(os.getpid(), signal.SIGINT)).run()
+    result = Runner(Stage1(), train_data, run, config, on_start=ctrl_c).run()
     assert result.interrupted and result.step == 1 and result.checkpoint == run / "checkpoints" / "step-00000001"
     assert signal.getsignal(signal.SIGINT) is handler  # restored
     r = invoke("train", "stage1", train_data, "--output", run, "--resume", "latest", "--max-steps", 2)
