@@ -141,6 +141,15 @@ def _ignore_interrupts(worker_id: int) -> None:
     signal.signal(signal.SIGTERM, signal.SIG_IGN)
 
 
+def _count_skipped(batch: dict, skipped: Counter) -> None:
+    """Add the corrupt clips the dataset stepped over for this batch (``skipped``: ";"-joined ids per sample)."""
+    for ids in batch.get("skipped", []):
+        for clip_id in filter(None, str(ids).split(";")):
+            if clip_id not in skipped:
+                log.warning(f"skipped corrupt clip {clip_id} (the dataset reads another clip in its place)")
+            skipped[clip_id] += 1
+
+
 def _to_device(batch: dict, device: torch.device) -> dict:
     return {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) and v.is_floating_point() else v
             for k, v in batch.items()}
@@ -326,8 +335,10 @@ class Runner:
             if main:
                 self.on_start(start_step, config.max_steps)
                 if start_step == 0 and config.validate_every:  # the starting point, for comparison
-                    row = {"step": 0, "val_loss": self._validation_loss(models, dataset, config, device, accelerator)}
-                    metrics.write(row)
+                    val_loss = self._validation_loss(models, dataset, config, device, accelerator)
+                    metrics.write({"step": 0, "val_loss": val_loss})
+                    if config.log_with != "none":
+                        accelerator.log({"train/val_loss": val_loss}, step=0)
                     result.validation.append(self._validate(accelerator, models, config, run, 0, validation_frames))
             accelerator.wait_for_everyone()
             window_seconds, window_steps = 0.0, 0  # training time only (no validation, no checkpoints)
@@ -337,11 +348,7 @@ class Runner:
                 for a in range(accumulation):
                     micro = step * accumulation + a
                     batch = next(batches)
-                    for ids in batch.get("skipped", []):
-                        for clip_id in filter(None, str(ids).split(";")):
-                            if clip_id not in skipped:
-                                log.warning(f"skipped corrupt clip {clip_id} (it is left out from now on)")
-                            skipped[clip_id] += 1
+                    _count_skipped(batch, skipped)
                     seed = step_seed(config.seed, micro, rank)
                     torch.manual_seed(seed)  # dropout layers draw from the global generator
                     ctx = StepContext(step=step, micro_step=micro, generator=torch.Generator().manual_seed(seed),

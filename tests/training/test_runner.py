@@ -219,3 +219,14 @@ def test_output_folder_holding_another_run_or_files(tiny_run, train_data, tmp_pa
     assert "not found" in one_error_line(invoke("train", "stage1", train_data, "--output", tmp_path / "nope",
                                                 "--resume", "latest"))
     assert "nothing to do" in invoke("train", "stage1", train_data, "--output", tiny_run, "--resume", "latest").stderr
+
+
+def test_cli_after_an_interrupted_run(monkeypatch, train_data, tmp_path):
+    """What the command prints and returns when the runner reports an interrupted run (exit status 130)."""
+    from personalive_cli.training.runner import RunResult
+
+    ckpt = tmp_path / "RUN" / "checkpoints" / "step-00000003"
+    monkeypatch.setattr(Runner, "run", lambda self: RunResult(tmp_path / "RUN", 3, True, ckpt, start_step=0))
+    r = invoke("train", "stage1", train_data, "--output", tmp_path / "RUN", *TINY_ARGS)
+    assert r.returncode == 130
+    assert f"interrupted at step 3; checkpoint {ckpt}" in r.stderr and "--resume latest" in r.stderr
