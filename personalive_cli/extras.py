@@ -11,7 +11,7 @@ from personalive_cli.errors import UserError
 EXTRAS: dict[str, tuple[str, ...]] = {
     "faces": ("mediapipe",),
     "bench": ("lpips", "pytorch_fid", "scipy", "matplotlib", "accelerate", "onnxruntime", "insightface", "psutil"),
-    "train": ("accelerate", "albumentations", "cv2", "decord", "tensorboard", "mediapipe", "lpips"),
+    "train": ("accelerate", "albumentations", "cv2", "tensorboard", "mediapipe", "lpips"),
 }
 
 

@@ -118,3 +118,10 @@ def process_alive(pid: int) -> bool:
     except (OSError, IndexError):
         return False
     return state != "Z"
+
+
+def one_error_line(r) -> str:
+    """The one ``error: ...`` line a bad input must produce (exit status 1, nothing else on stderr)."""
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    return lines[0]

@@ -311,6 +311,7 @@ class DenoisingUNet(UNetBase):
         motion_tokens: torch.Tensor,
         pose_features: torch.Tensor | None = None,
         bank_kv: Mapping[str, ReferenceKV] | None = None,
+        temporal: bool = True,
     ) -> torch.Tensor:
         """Predict the noise.
 
@@ -318,7 +319,9 @@ class DenoisingUNet(UNetBase):
         in (b, f) order; a scalar is broadcast. clip_embeds: (b, n, cross_attention_dim) (n = 1: CLIP
         image embedding). motion_tokens: (b, f, 32, 16). pose_features: (b, C0, f, h, w) added right after
         conv_in, or None. bank_kv: {block name: (K, V)} from `bank_kv()`, each (1 or b, L, C); blocks not
-        in the dict (or bank_kv None) use plain self-attention. Returns eps (b, 4, f, h, w).
+        in the dict (or bank_kv None) use plain self-attention. temporal: False skips the temporal modules
+        (the single-frame UNet of training Stages I and II; their weights are then unused). Returns eps
+        (b, 4, f, h, w).
         """
         b, _, f, h, w = sample.shape
         bf = b * f
@@ -338,6 +341,7 @@ class DenoisingUNet(UNetBase):
             num_frames=f,
             motion=motion_tokens.reshape(bf, *motion_tokens.shape[2:]).to(dtype),
             reference_kv=bank_kv,
+            temporal=temporal,
         )
         temb = time_embedding(self, timesteps, bf, b, sample.device, dtype)
 

@@ -77,6 +77,9 @@ class UNetConditioning:
     num_frames: int
     motion: torch.Tensor | None = None  # (b*f, num_motion_tokens, motion_token_dim)
     reference_kv: Mapping[str, ReferenceKV] | None = None  # {spatial block name: (K, V)}, each (1 or b, L, C)
+    # False: skip the temporal modules (Stage I/II train single frames without them; the official
+    # stage-1/2 UNet does not build them). Motion modules always run.
+    temporal: bool = True
 
 
 def bank_tokens(transformer: Transformer2DModel, x: torch.Tensor) -> torch.Tensor:
@@ -158,7 +161,7 @@ class _Block(CheckpointedModule):
             if cond.motion is None:
                 raise ValueError("the motion modules need motion tokens")
             h = self.motion_modules[j](h, cond.motion)
-        if self.temporal_modules is not None:
+        if self.temporal_modules is not None and cond.temporal:
             h = self.temporal_modules[j](h, cond.num_frames)
         return h
 

@@ -194,6 +194,24 @@ def test_frames_processed_independently_without_temporal_mixing():
     assert torch.allclose(full[:, :, 2:3], one, atol=1e-5)
 
 
+
+def test_temporal_false_skips_the_temporal_modules():
+    """temporal=False (training Stages I/II) equals identity temporal modules, whatever their weights, and
+    leaves them out of the autograd graph; the default still runs them."""
+    model = _tiny()
+    x = _inputs(f=4)
+    with torch.no_grad():
+        on = model(**x)
+        off = model(**x, temporal=False)
+        _zero_frame_mixing(model)
+        identity = model(**x)
+    assert torch.equal(off, identity)
+    assert not torch.allclose(on, off, atol=1e-4)
+    model(**x, temporal=False).square().mean().backward()
+    grads = {n: p.grad for n, p in model.named_parameters()}
+    assert all(g is None for n, g in grads.items() if ".temporal_modules." in n)
+    assert all(g is not None for n, g in grads.items() if ".motion_modules." in n)
+
 def test_temporal_position_encoding_makes_frame_order_matter():
     """Without PE, temporal self-attention is permutation-equivariant over frames; with it, it is not."""
     model = _tiny()

@@ -1,5 +1,5 @@
-"""A small DATA folder for the training tests, built here (not with ``data prepare``): clips cut from the
-packaged demo video, resized to 128², with plausible hand-made boxes."""
+"""Training test fixtures: a small DATA folder cut from the packaged demo (hand-made boxes, for the dataset
+tests), a synthetic DATA folder, and one tiny Stage-I run that several tests read."""
 
 from __future__ import annotations
 
@@ -7,7 +7,8 @@ from pathlib import Path
 
 import numpy as np
 import pytest
-from helpers import write_video
+from fake_training_data import RUN_STEPS, TINY_ARGS, write_dataset
+from helpers import invoke, write_video
 from PIL import Image
 
 from personalive_cli.io.video import VideoReader
@@ -75,3 +76,20 @@ def add_clip():
 def plausible_boxes():
     """``plausible_boxes(n, side=128, detected_first=True) -> ClipBoxes``"""
     return _plausible_boxes
+
+
+@pytest.fixture(scope="session")
+def train_data(tmp_path_factory) -> Path:
+    """DATA/ with two 24-frame 128² synthetic clips (manifest, videos, boxes)."""
+    return write_dataset(tmp_path_factory.mktemp("train_data") / "DATA")
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, train_data, tiny_weights) -> Path:
+    """A 4-step tiny run started from the official-layout tiny weights, as a user types it."""
+    run = tmp_path_factory.mktemp("runs") / "RUN"
+    r = invoke("train", "stage1", train_data, "--output", run, "--init", tiny_weights, "--max-steps", RUN_STEPS,
+               *TINY_ARGS)
+    assert r.returncode == 0, r.stderr
+    assert f"trained to step {RUN_STEPS}" in r.stderr
+    return run

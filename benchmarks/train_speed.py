@@ -1,0 +1,179 @@
+"""Stage-I training speed: samples per second and peak memory of the training step.
+
+``python -m benchmarks.train_speed [--preset tiny|official] [--device auto|cpu|cuda] [--gradient-checkpointing]``
+
+What is timed: the Stage-I step exactly as training runs it (`personalive_cli.training.stage1.Stage1`: frozen
+VAE / CLIP / keypoint extractor forward, pose guider, motion encoder, reference UNet, denoising UNet, x0
+loss, backward), gradient clipping and the AdamW update, on synthetic batches of the preset's shapes and
+random weights of its architecture (``tiny``: `PersonaLiveConfig.tiny`; ``official``/``paper``: the released
+SD-1.5-sized networks). Speed does not depend on the weights' values or the pixels. Conditioning dropout is
+off, so every step runs every network (the slowest case; the recipe skips the reference path on 10% of
+steps). No data loading, no checkpoints, no validation: the figure is the compute ceiling of a run.
+
+``--warmup`` steps are untimed; then ``--steps`` steps are timed one by one (synchronised on CUDA);
+samples/s = batch / median step time. Peak memory: CUDA: ``torch.cuda.max_memory_allocated`` over the
+timed steps; CPU: the process's peak resident set size during build and run (psutil) minus the RSS before
+the build (`benchmarks.speed` samples it the same way).
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import statistics
+import sys
+import time
+
+import torch
+
+from personalive_cli.training.config import TrainConfig
+from personalive_cli.training.stage import StepContext
+from personalive_cli.training.stage1 import Stage1
+
+
+@dataclasses.dataclass
+class TrainSpeedOptions:
+    preset: str = "tiny"
+    device: str = "auto"
+    mixed_precision: str = "auto"  # auto: fp16 on CUDA, no on CPU
+    batch_size: int | None = None  # default: the preset's
+    size: int | None = None  # default: the preset's
+    gradient_checkpointing: bool = False
+    warmup: int = 1
+    steps: int = 5
+    seed: int = 0
+
+
+def synthetic_batch(batch: int, size: int, pose_size: int, face_size: int, clip_size: int,
+                    generator: torch.Generator) -> dict:
+    """A batch with the dataset's keys, shapes and value ranges (masks: a centred face with eyes and mouth)."""
+    def img(s, lo=-1.0):
+        x = torch.rand(batch, 3, s, s, generator=generator)
+        return x * 2 - 1 if lo < 0 else x
+
+    face = torch.zeros(batch, 1, size, size)
+    face[..., size // 4: 3 * size // 4, size // 4: 3 * size // 4] = 1
+    local = torch.zeros(batch, 1, size, size)
+    local[..., 3 * size // 8: size // 2, 3 * size // 8: 5 * size // 8] = 1
+    return {"reference": img(size), "target": img(size), "target_pose": img(pose_size, 0.0),
+            "target_face": img(face_size), "clip_image": torch.randn(batch, 3, clip_size, clip_size, generator=generator),
+            "face_mask": face, "local_mask": local}
+
+
+def measure(opts: TrainSpeedOptions) -> dict:
+    from personalive_cli.devices import resolve_device
+    from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
+
+    device = resolve_device(opts.device)
+    config = TrainConfig.preset(opts.preset)
+    changes = {"uncond_ratio": 0.0, "zero_motion_ratio": 0.0, "zero_pose_ratio": 0.0}
+    if opts.batch_size:
+        changes["batch_size"] = opts.batch_size
+    if opts.size:
+        changes["size"] = opts.size
+    config = config.updated(changes, "benchmark")
+    precision = opts.mixed_precision
+    if precision == "auto":
+        precision = "fp16" if device.type == "cuda" else "no"
+    amp_dtype = {"fp16": torch.float16, "bf16": torch.bfloat16}.get(precision)
+    cuda = device.type == "cuda"
+    rss = None
+    if cuda:
+        torch.cuda.reset_peak_memory_stats(device)
+        base = torch.cuda.memory_allocated(device)
+    else:
+        from benchmarks.speed import _RSSPeak
+
+        rss = _RSSPeak().__enter__()
+    try:
+        arch = PersonaLiveConfig.tiny() if opts.preset == "tiny" else PersonaLiveConfig()
+        models = PersonaLiveModels.random(arch, seed=opts.seed).to(device)
+        stage = Stage1()
+        stage.configure(models)
+        if amp_dtype is not None and cuda:
+            models.vae.to(dtype=amp_dtype)
+            models.image_encoder.to(dtype=amp_dtype)
+        if opts.gradient_checkpointing:
+            models.denoising_unet.enable_gradient_checkpointing()
+            models.reference_unet.enable_gradient_checkpointing()
+        params = stage.trainable_parameters(models)
+        optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
+        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
+        generator = torch.Generator().manual_seed(opts.seed)
+        batch = synthetic_batch(config.batch_size, config.size, config.pose_size,
+                                models.motion_encoder.config.image_size, models.image_encoder.config.image_size,
+                                generator)
+        batch = {k: v.to(device) for k, v in batch.items()}
+        times = []
+        for i in range(opts.warmup + opts.steps):
+            if i == opts.warmup and cuda:
+                torch.cuda.synchronize(device)
+                torch.cuda.reset_peak_memory_stats(device)
+            t0 = time.perf_counter()
+            ctx = StepContext(step=i, micro_step=i, generator=torch.Generator().manual_seed(i), device=device,
+                              config=config)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                loss = stage.training_step(models, batch, ctx)["loss"]
+            scaler.scale(loss).backward()
+            scaler.unscale_(optimizer)
+            torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
+            scaler.step(optimizer)
+            scaler.update()
+            optimizer.zero_grad(set_to_none=True)
+            if cuda:
+                torch.cuda.synchronize(device)
+            if i >= opts.warmup:
+                times.append(time.perf_counter() - t0)
+        peak = (torch.cuda.max_memory_allocated(device) - base) if cuda else None
+    finally:
+        if rss is not None:
+            rss.__exit__(None, None, None)
+    if rss is not None:
+        peak = rss.peak - rss.base
+    step = statistics.median(times)
+    return {"preset": opts.preset, "device": str(device), "mixed_precision": precision, "size": config.size,
+            "batch_size": config.batch_size, "gradient_checkpointing": opts.gradient_checkpointing,
+            "trainable_parameters": sum(p.numel() for p in params), "steps": opts.steps,
+            "step_s": step, "samples_per_s": config.batch_size / step,
+            "peak_mem_GiB": peak / 2**30, "mem_kind": "cuda max allocated" if cuda else "process RSS increase",
+            "torch_threads": torch.get_num_threads()}
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="python -m benchmarks.train_speed", description=__doc__.split("\n\n")[0])
+    p.add_argument("--preset", default="tiny", choices=["tiny", "official", "paper"])
+    p.add_argument("--device", default="auto")
+    p.add_argument("--mixed-precision", default="auto", choices=["auto", "no", "fp16", "bf16"])
+    p.add_argument("--batch-size", type=int)
+    p.add_argument("--size", type=int)
+    p.add_argument("--gradient-checkpointing", action="store_true")
+    p.add_argument("--warmup", type=int, default=1)
+    p.add_argument("--steps", type=int, default=5)
+    p.add_argument("--threads", type=int, help="torch CPU threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print the row as JSON")
+    a = p.parse_args(argv)
+    if a.threads:
+        torch.set_num_threads(a.threads)
+    from personalive_cli.errors import UserError
+
+    try:
+        row = measure(TrainSpeedOptions(preset=a.preset, device=a.device, mixed_precision=a.mixed_precision,
+                                        batch_size=a.batch_size, size=a.size,
+                                        gradient_checkpointing=a.gradient_checkpointing, warmup=a.warmup,
+                                        steps=a.steps))
+    except UserError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    if a.json:
+        print(json.dumps(row, indent=2))
+    else:
+        print(f"Stage I {row['preset']} {row['size']}² batch {row['batch_size']} on {row['device']} "
+              f"({row['mixed_precision']}, checkpointing {'on' if row['gradient_checkpointing'] else 'off'}): "
+              f"{row['samples_per_s']:.3f} samples/s ({row['step_s']:.3f} s/step, median of {row['steps']}), "
+              f"peak memory {row['peak_mem_GiB']:.2f} GiB ({row['mem_kind']})")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

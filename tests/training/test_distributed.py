@@ -1,0 +1,39 @@
+"""`accelerate launch` with 2 CPU processes (gloo): the same command line trains data-parallel."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from fake_training_data import SPEC
+from helpers import REPO
+
+
+def test_accelerate_launch_two_cpu_processes(train_data, tmp_path):
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate is not installed")
+    run = tmp_path / "RUN"
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(paths)}
+    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible each process runs on the CPU (gloo)
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "personalive_cli.cli.app",
+           "train", "stage1", str(train_data), "--output", str(run), "--preset", "tiny", "--max-steps", "5",
+           "--set", f"dataset={SPEC}", "--set", "validate_every=0", "--set", "log_with=none"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "all 2 processes hold identical weights" in r.stderr
+    assert r.stderr.count("trained to step 5") == 1  # one summary, from process 0
+    state = json.loads((run / "checkpoints" / "step-00000005" / "trainer.json").read_text())
+    assert state["samples"] == 5 * 2  # batch 1 on each of 2 processes
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
+    assert {p.name for p in (run / "checkpoints" / "step-00000005").iterdir()} >= {"random_states_0.pkl",
+                                                                                  "random_states_1.pkl"}
