@@ -37,7 +37,7 @@ def test_run_folder(tiny_run, tiny_weights):
     info = json.loads((tiny_run / "run.json").read_text())
     assert info["stage"] == "stage1" and str(tiny_weights) in info["init"]
     config = yaml.safe_load((tiny_run / "config.yaml").read_text())
-    assert (config["max_steps"], config["size"], config["dataset"], config["init"]) == (4, 64, SPEC, str(tiny_weights))
+    assert (config["max_steps"], config["size"], config["dataset"], config["init"]) == (4, 64, None, str(tiny_weights))
     assert sorted(p.name for p in (tiny_run / "checkpoints").iterdir()) == ["step-00000002", "step-00000004"]
     assert {"model.safetensors", "optimizer.bin", "trainer.json"} <= {p.name for p in (tiny_run / "checkpoints" /
                                                                       "step-00000004").iterdir()}
@@ -150,7 +150,7 @@ def _data_variant(train_data, tmp_path, change):
     ("empty", "has no train_manifest.csv"),
     ("no rows", "lists no clips"),
     ("video gone", "video not found"),
-    ("no boxes", "has no boxes"),
+    ("no boxes", "boxes not found"),
 ])
 def test_bad_datasets(case, expected, train_data, tmp_path):
     if case == "missing":
