@@ -1,4 +1,8 @@
-"""`accelerate launch` with 2 CPU processes (gloo): the same command line trains data-parallel."""
+"""`accelerate launch` with 2 CPU processes (gloo): the same command line trains data-parallel.
+
+Marked slow (about 45 s on 2 cores: two processes each import the stack), so the README's test command
+stays under its budget; `.ci/run` runs it with the other training acceptance runs (`-m slow tests/training`).
+"""
 
 from __future__ import annotations
 
@@ -15,6 +19,7 @@ from fake_training_data import SPEC
 from helpers import REPO
 
 
+@pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(train_data, tmp_path):
     accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
     if accelerate is None:

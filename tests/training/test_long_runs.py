@@ -2,6 +2,8 @@
 stopped after 10 steps and resumed for 10 more equals 20 uninterrupted steps.
 
     pytest -m slow tests/training/test_long_runs.py
+
+`.ci/run` runs them (with the 2-process accelerate test) after the default test command.
 """
 
 from __future__ import annotations
