@@ -79,20 +79,21 @@ def write_vfr_video(path: Path, n: int = 66, seconds: float = 4.0, size: int = 9
     return path
 
 
-def invoke(*args, env: dict | None = None):
+def invoke(*args, env: dict | None = None, input: bytes | None = None):  # noqa: A002 - subprocess.run's name
     """Run ``personalive ARGS`` in this process, as a user types it (Typer's runner): a
-    ``subprocess.run``-like result (returncode, stdout, stderr). For everything not about pipes or
-    signals: a new process would spend seconds importing torch for nothing."""
+    ``subprocess.run``-like result (returncode, stdout, stderr, and stdout_bytes for binary output;
+    ``input``: what stdin holds). For everything not about pipes or signals: a new process would
+    spend seconds importing the CLI (and torch, for a model) for nothing."""
     from types import SimpleNamespace
 
     from typer.testing import CliRunner
 
     from personalive_cli.cli.app import app
 
-    r = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    r = CliRunner().invoke(app, [str(a) for a in args], env=env, input=input)
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr, stdout_bytes=r.stdout_bytes)
 
 
 def random_keypoint_info(n: int = 1, seed: int = 0, dtype=None):
