@@ -16,11 +16,14 @@ DEMO_DRIVE = SHARED / "demo" / "driving_video.mp4"
 DEMO_FRAMES = 1531  # presented frames; the header says 1641 (an edit list trims 110)
 
 
-def make_driving_with_audio(ffmpeg: str, src: Path, dst: Path, fps: str, seconds: float) -> Path:
-    """Re-time ``src`` to ``fps`` and mux a 440 Hz tone, as a driving video with an audio track."""
+def make_driving_with_audio(ffmpeg: str, src: Path, dst: Path, fps: str, seconds: float,
+                            size: int | None = None) -> Path:
+    """Re-time ``src`` to ``fps`` and mux a 440 Hz tone, as a driving video with an audio track;
+    ``size``: scaled to ``size``² (for tests about timing and audio, where pixels only cost encoding time)."""
+    scale = ["-vf", f"scale={size}:{size}"] if size else []
     subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
-                    "-r", fps, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(dst)],
+                    "-r", fps, *scale, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(dst)],
                    check=True)
     return dst
 
