@@ -93,7 +93,7 @@ def test_weights_make_tiny(tmp_path):
 def test_realtime_stream_drops_frames_when_behind(tmp_path, demo_ref, demo_drive, ffmpeg, tiny_weights):
     # a 200 fps source paced in real time is far faster than the CPU model: frames must be dropped
     fast = tmp_path / "fast.mp4"
-    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "120", "-vf", "setpts=N/200/TB",
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "120", "-vf", "setpts=N/200/TB,scale=128:128",
                     "-r", "200", str(fast)], check=True)
     r = run("stream", "--reference", demo_ref, "--source", fast, "--method", "personalive", "--weights",
             tiny_weights, "--size", "128", "--format", "rgb24", "--realtime", "--crop", "none")

@@ -20,7 +20,7 @@ CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
 
 def test_stream_y4m_into_ffmpeg(tmp_path, demo_ref, demo_drive, ffmpeg):
     clip = tmp_path / "clip.mp4"
-    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "40", str(clip)], check=True)
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "20", str(clip)], check=True)
     out = tmp_path / "out.mp4"
     stream = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip),
                                "--method", "still", "--size", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -29,8 +29,8 @@ def test_stream_y4m_into_ffmpeg(tmp_path, demo_ref, demo_drive, ffmpeg):
     err = stream.stderr.read().decode()
     assert stream.wait() == 0 and enc.returncode == 0, err + enc.stderr.decode()
     info = probe(out)
-    assert (info["frames"], info["width"], info["fps"]) == (40, 256, 25)
-    assert "40 frames in, 40 out" in err
+    assert (info["frames"], info["width"], info["fps"]) == (20, 256, 25)
+    assert "20 frames in, 20 out" in err
 
 
 def test_stream_stdin_y4m_to_rgb24(tmp_path, demo_ref, demo_drive, ffmpeg):
