@@ -8,12 +8,13 @@ def run_cli(*args):
     return invoke(*args)
 
 
-def test_animate_still_100_frames(tmp_path, demo_ref, demo_drive):
+def test_animate_still_with_the_defaults(tmp_path, demo_ref, demo_drive):
+    # 25 frames: a second of the default 512 px, auto crop and 25 fps (`demo` renders the default 100)
     out = tmp_path / "out.mp4"
-    r = run_cli("animate", demo_ref, demo_drive, "--method", "still", "--frames", 100, "-o", out)
+    r = run_cli("animate", demo_ref, demo_drive, "--method", "still", "--frames", 25, "-o", out)
     assert r.returncode == 0, r.stderr
     info = probe(out)
-    assert (info["frames"], info["width"], info["height"], info["fps"]) == (100, 512, 512, 25)
+    assert (info["frames"], info["width"], info["height"], info["fps"]) == (25, 512, 512, 25)
     assert info["audio_seconds"] is None
     assert "wrote" in r.stderr and r.stdout == ""
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
