@@ -195,17 +195,17 @@ def test_keyframes_trigger_and_stay_bounded(keyframe_stream):
     assert k.shape[1] == 4 * (SIZE // 8) ** 2  # reference + 3 keyframes of (SIZE / 8)² tokens
 
 
-# The tests of one option below start the keyframe test after step 3 (not 8): the same code runs
-# 5 steps sooner, so a shorter stream shows the same.
+# The tests of one option below start the keyframe test after step 1 (not 8): the same code runs
+# 7 steps sooner, so a shorter stream shows the same.
 
 
 def test_high_threshold_never_adds_keyframes(tiny_models, inputs):
-    engine, outs = run(tiny_models, inputs, 7, keyframe_threshold=1e9, keyframe_after_steps=3)
+    engine, outs = run(tiny_models, inputs, 5, keyframe_threshold=1e9, keyframe_after_steps=1)
     assert engine.num_keyframes == 0 and not any(o.keyframe_added for o in outs)  # 3 tests, none fired
 
 
 def test_official_sticky_flag_grows_without_bound(tiny_models, inputs):
-    engine, _ = run(tiny_models, inputs, 8, keyframe_threshold=0.0, keyframe_after_steps=3,
+    engine, _ = run(tiny_models, inputs, 6, keyframe_threshold=0.0, keyframe_after_steps=1,
                     reset_keyframe_flag=False)
     assert engine.num_keyframes > 3  # the bug the default fixes
 
@@ -215,8 +215,8 @@ def test_state_does_not_grow_with_stream_length(keyframe_stream, tiny_models, in
     assert len(set(keyframe_stream.sizes[12:])) == 1  # flat once the keyframes are in
     ref, frames = inputs
     unbounded = StreamEngine(tiny_models, size=SIZE, options=EngineOptions(
-        keyframe_threshold=0.0, keyframe_after_steps=3, bounded_motion_bank=False))
+        keyframe_threshold=0.0, keyframe_after_steps=1, bounded_motion_bank=False))
     unbounded.set_reference(ref)
-    for i in range(8):  # keyframes at steps 5-7 fill the bank; step 8 still grows it
+    for i in range(6):  # keyframes at steps 3-5 fill the bank; step 6 still grows it
         unbounded.step(np.stack(frames[4 * i: 4 * i + 4]), decode_warmup=False)
     assert unbounded.motion_bank.shape[0] > 4  # the official online bank keeps growing
