@@ -2,14 +2,33 @@
 
 from __future__ import annotations
 
-import torch
+from typing import TYPE_CHECKING
 
 from personalive_cli.errors import UserError
+
+if TYPE_CHECKING:
+    import torch
+
+# torch is imported where a device is really resolved: importing it costs seconds at every CLI start,
+# which a method that runs no torch code (``still``) need not pay.
 
 DEVICES = ("auto", "cpu", "cuda", "mps")
 
 
+def resolve(device: str, dtype: str, uses_torch: bool = True) -> tuple[torch.device | str, torch.dtype | None]:
+    """``--device`` and ``--dtype`` for a method: ``(device, dtype)``. For a method that runs no torch
+    code, the choices that need no checking against the hardware (``auto``/``cpu`` with ``auto``/``fp32``)
+    give ``("cpu", None)`` without importing torch; every other choice is resolved (and refused where
+    wrong) exactly as for any method."""
+    if not uses_torch and device in ("auto", "cpu") and dtype in ("auto", "fp32"):
+        return "cpu", None
+    torch_device = resolve_device(device)
+    return torch_device, resolve_dtype(dtype, torch_device)
+
+
 def resolve_device(name: str) -> torch.device:
+    import torch
+
     if name not in DEVICES and not name.startswith("cuda:"):
         raise UserError(f"unknown device {name!r}; choose one of {', '.join(DEVICES)}")
     if name == "auto":
@@ -33,6 +52,8 @@ def resolve_device(name: str) -> torch.device:
 
 def resolve_dtype(name: str, device: torch.device) -> torch.dtype:
     """``auto``: fp16 on CUDA, fp32 elsewhere. Half precision on the CPU is refused (slow and lossy)."""
+    import torch
+
     table = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
     if name == "auto":
         return torch.float16 if device.type == "cuda" else torch.float32

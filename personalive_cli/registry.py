@@ -142,6 +142,7 @@ class Method(abc.ABC):
     streamable: bool = True
     clip_based: bool = False
     model_flags: frozenset[str] = frozenset()
+    uses_torch: bool = True               # False: runs no torch code, so the CLI need not import torch for it
     can_use_random_weights: bool = False  # the bench may build it with random weights (same architecture)
     takes_driving_context: bool = False   # gets fps=, audio=, audio_start= options from `animate`
     has_weights: bool = False

@@ -2,11 +2,36 @@
 
 from __future__ import annotations
 
+import gc
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import DEMO_DRIVE, DEMO_REF, SHARED
+
+
+def _freeze_what_lives() -> None:
+    gc.collect()
+    gc.freeze()
+
+
+def pytest_collection_finish(session):
+    """Everything imported by now (torch, diffusers, every test module: millions of objects) lives until
+    the end; frozen out of the garbage collector's sight, each ``gc.collect()`` (the bench calls it
+    around every method) and each automatic full collection walks only what the tests create."""
+    _freeze_what_lives()
+
+
+_module_seen: list = [None]
+
+
+@pytest.hookimpl(tryfirst=True)
+def pytest_runtest_setup(item):
+    """The same at the start of each test module (before its fixtures; the previous module's are torn
+    down): what earlier modules imported lazily (a method's stack, metric networks) lives on too."""
+    if item.module is not _module_seen[0]:
+        _module_seen[0] = item.module
+        _freeze_what_lives()
 
 
 @pytest.fixture(scope="session", autouse=True)

@@ -16,11 +16,14 @@ DEMO_DRIVE = SHARED / "demo" / "driving_video.mp4"
 DEMO_FRAMES = 1531  # presented frames; the header says 1641 (an edit list trims 110)
 
 
-def make_driving_with_audio(ffmpeg: str, src: Path, dst: Path, fps: str, seconds: float) -> Path:
-    """Re-time ``src`` to ``fps`` and mux a 440 Hz tone, as a driving video with an audio track."""
+def make_driving_with_audio(ffmpeg: str, src: Path, dst: Path, fps: str, seconds: float,
+                            size: int | None = None) -> Path:
+    """Re-time ``src`` to ``fps`` and mux a 440 Hz tone, as a driving video with an audio track;
+    ``size``: scaled to ``size``² (for tests about timing and audio, where pixels only cost encoding time)."""
+    scale = ["-vf", f"scale={size}:{size}"] if size else []
     subprocess.run([ffmpeg, "-hide_banner", "-loglevel", "error", "-y", "-i", str(src),
                     "-f", "lavfi", "-i", "sine=frequency=440:sample_rate=44100", "-t", str(seconds),
-                    "-r", fps, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(dst)],
+                    "-r", fps, *scale, "-c:v", "libx264", "-pix_fmt", "yuv420p", "-c:a", "aac", "-shortest", str(dst)],
                    check=True)
     return dst
 
@@ -79,20 +82,21 @@ def write_vfr_video(path: Path, n: int = 66, seconds: float = 4.0, size: int = 9
     return path
 
 
-def invoke(*args, env: dict | None = None):
+def invoke(*args, env: dict | None = None, input: bytes | None = None):  # noqa: A002 - subprocess.run's name
     """Run ``personalive ARGS`` in this process, as a user types it (Typer's runner): a
-    ``subprocess.run``-like result (returncode, stdout, stderr). For everything not about pipes or
-    signals: a new process would spend seconds importing torch for nothing."""
+    ``subprocess.run``-like result (returncode, stdout, stderr, and stdout_bytes for binary output;
+    ``input``: what stdin holds). For everything not about pipes or signals: a new process would
+    spend seconds importing the CLI (and torch, for a model) for nothing."""
     from types import SimpleNamespace
 
     from typer.testing import CliRunner
 
     from personalive_cli.cli.app import app
 
-    r = CliRunner().invoke(app, [str(a) for a in args], env=env)
+    r = CliRunner().invoke(app, [str(a) for a in args], env=env, input=input)
     if r.exception is not None and not isinstance(r.exception, SystemExit):
         raise r.exception
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
+    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr, stdout_bytes=r.stdout_bytes)
 
 
 def random_keypoint_info(n: int = 1, seed: int = 0, dtype=None):

@@ -26,6 +26,7 @@ class _StillSession(Session):
 
 class Still(Method):
     frames_per_step = 1
+    uses_torch = False
     description = "the reference portrait repeated (no-motion lower bound); needs no weights"
 
     def start(self, reference: np.ndarray) -> Session:

@@ -9,7 +9,7 @@ from fractions import Fraction
 from pathlib import Path
 
 from personalive_cli import registry
-from personalive_cli.devices import resolve_device, resolve_dtype
+from personalive_cli.devices import resolve
 from personalive_cli.errors import UserError
 from personalive_cli.faces.crop import FaceCropper, crop_reference
 from personalive_cli.io.images import read_reference
@@ -47,8 +47,7 @@ def check_method(name: str, size: int, device: str, dtype: str, weights: str | N
     torch device and dtype."""
     cls = registry.get(name)
     cls.check_size(size)
-    torch_device = resolve_device(device)
-    torch_dtype = resolve_dtype(dtype, torch_device)
+    torch_device, torch_dtype = resolve(device, dtype, cls.uses_torch)
     status = None if random_weights else cls.status(weights)
     if status is not None and not status.ready:
         hint = f"; to set it up: {', '.join(status.needs)}" if status.needs else ""

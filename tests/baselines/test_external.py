@@ -234,7 +234,7 @@ def test_megactor_contract_without_and_with_audio(tmp_path, demo_drive, ffmpeg):
     assert ckpt == f"{weights.resolve()}/megactor-sigma.ckpt"
     assert config["size"] == [64, 64]
 
-    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "drive.mp4", "25", 4)
+    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "drive.mp4", "25", 4, size=64)
     method = registry.get("megactor-sigma")(size=96, audio=drive, audio_start=1.0)
     session = method.start(np.full((64, 64, 3), 90, np.uint8))
     list(session.push(frames[:50]))

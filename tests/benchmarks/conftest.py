@@ -135,6 +135,20 @@ def empty_metric_caches(tmp_path, monkeypatch):
     monkeypatch.setenv("HOME", str(tmp_path / "home"))
 
 
+@pytest.fixture(scope="session", autouse=True)
+def _device_peak_measured_once():
+    """A speed row's device peak (a second of large matmuls) is measured once per device and dtype in
+    the test session, as a bench run measures it once per device and dtype (``test_device_peak_is_positive``
+    calls the function itself)."""
+    import functools
+
+    from benchmarks import speed
+
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(speed, "device_peak_tflops", functools.lru_cache(maxsize=None)(speed.device_peak_tflops))
+        yield
+
+
 @pytest.fixture(autouse=True)
 def _one_torch_thread():
     """Tiny CPU work on a small shared machine: one intra-op thread avoids thread thrash."""

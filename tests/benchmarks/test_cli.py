@@ -1,4 +1,4 @@
-"""``personalive bench`` end to end on a 40-frame clip of the shared demo, prepared with the CLI."""
+"""``personalive bench`` end to end on a 20-frame clip of the shared demo, prepared with the CLI."""
 
 from __future__ import annotations
 
@@ -17,7 +17,7 @@ def prepared_demo(tmp_path_factory, demo_drive):
     (src / "demo.mp4").symlink_to(demo_drive)
     dst = tmp_path_factory.mktemp("prepared")
     r = CliRunner().invoke(app, ["data", "prepare", "folder", str(src), str(dst), "--size", "128",
-                                 "--max-frames", "40"])
+                                 "--max-frames", "20"])
     assert r.exit_code == 0, r.output
     return dst
 

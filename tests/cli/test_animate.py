@@ -8,19 +8,20 @@ def run_cli(*args):
     return invoke(*args)
 
 
-def test_animate_still_100_frames(tmp_path, demo_ref, demo_drive):
+def test_animate_still_with_the_defaults(tmp_path, demo_ref, demo_drive):
+    # 25 frames: a second of the default 512 px, auto crop and 25 fps (`demo` renders the default 100)
     out = tmp_path / "out.mp4"
-    r = run_cli("animate", demo_ref, demo_drive, "--method", "still", "--frames", 100, "-o", out)
+    r = run_cli("animate", demo_ref, demo_drive, "--method", "still", "--frames", 25, "-o", out)
     assert r.returncode == 0, r.stderr
     info = probe(out)
-    assert (info["frames"], info["width"], info["height"], info["fps"]) == (100, 512, 512, 25)
+    assert (info["frames"], info["width"], info["height"], info["fps"]) == (25, 512, 512, 25)
     assert info["audio_seconds"] is None
     assert "wrote" in r.stderr and r.stdout == ""
     assert [p.name for p in tmp_path.iterdir()] == ["out.mp4"]
 
 
 def test_animate_keeps_fps_frames_and_audio(tmp_path, demo_ref, demo_drive, ffmpeg):
-    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d30.mp4", "30", 4)
+    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d30.mp4", "30", 4, size=128)
     src = probe(drive)
     out = tmp_path / "out.mp4"
     r = run_cli("animate", demo_ref, drive, "--method", "still", "--size", 256, "--crop", "none", "-o", out)
@@ -32,7 +33,7 @@ def test_animate_keeps_fps_frames_and_audio(tmp_path, demo_ref, demo_drive, ffmp
 
 
 def test_animate_ntsc_resampled_to_25(tmp_path, demo_ref, demo_drive, ffmpeg):
-    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d2997.mp4", "30000/1001", 6)
+    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d2997.mp4", "30000/1001", 6, size=128)
     out = tmp_path / "out.mp4"
     r = run_cli("animate", demo_ref, drive, "--method", "still", "--size", 128, "--crop", "none", "--fps", 25, "-o", out)
     assert r.returncode == 0, r.stderr

@@ -2,13 +2,10 @@
 
 from __future__ import annotations
 
-import os
-import subprocess
-import sys
 from importlib.metadata import metadata
 from pathlib import Path
 
-from helpers import probe
+from helpers import invoke, probe
 from typer.testing import CliRunner
 
 from personalive_cli.cli.app import app
@@ -25,11 +22,11 @@ def test_bundled_demo_is_small_and_attributed():
     assert meta["License"] == "Apache-2.0" and "NOTICE" in meta.get_all("License-File")
 
 
-def test_demo_still_from_an_empty_folder(tmp_path):
-    # the installed command, in a folder holding nothing, with no ../shared beside it
-    env = {k: v for k, v in os.environ.items() if k != "PERSONALIVE_WEIGHTS"}
-    r = subprocess.run([sys.executable, "-m", "personalive_cli.cli.app", "demo", "--method", "still"],
-                       cwd=tmp_path, capture_output=True, text=True, env=env)
+def test_demo_still_from_an_empty_folder(tmp_path, monkeypatch):
+    # the command as a user types it, in a folder holding nothing, with no ../shared beside it
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.delenv("PERSONALIVE_WEIGHTS", raising=False)
+    r = invoke("demo", "--method", "still")
     assert r.returncode == 0, r.stderr
     assert sorted(p.name for p in tmp_path.iterdir()) == ["demo.mp4"]
     info = probe(tmp_path / "demo.mp4")

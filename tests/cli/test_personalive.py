@@ -1,32 +1,14 @@
-"""`personalive` commands with the PersonaLive method on a tiny official-layout weights folder.
-
-In-process (Typer's runner) except where a pipe is the point (`stream` to stdout)."""
+"""`personalive` commands with the PersonaLive method on a tiny official-layout weights folder, in-process
+(Typer's runner): pipes and signals are `tests/cli/test_stream.py`'s subject, with the `still` method."""
 
 import json
-import os
 import re
 import shutil
 import subprocess
-import sys
 
 import numpy as np
+from helpers import invoke as run
 from helpers import make_driving_with_audio, probe
-
-CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
-ENV = {**os.environ, "OMP_NUM_THREADS": "1"}
-
-
-def run(*args):
-    """The command as a user types it, in this process: (returncode, stdout, stderr) like subprocess.run."""
-    from types import SimpleNamespace
-
-    from typer.testing import CliRunner
-
-    from personalive_cli.cli.app import app
-
-    r = CliRunner().invoke(app, [str(a) for a in args])
-    assert r.exception is None or isinstance(r.exception, SystemExit), repr(r.exception)
-    return SimpleNamespace(returncode=r.exit_code, stdout=r.stdout, stderr=r.stderr)
 
 
 def one_error_line(r):
@@ -53,11 +35,10 @@ def test_stream_personalive_rgb24(tmp_path, demo_ref, demo_drive, tiny_weights):
     from personalive_cli.io.video import VideoReader
 
     clip = write_video(tmp_path / "c.mp4", list(VideoReader(demo_drive).iter_frames(0, 9)))
-    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip), "--method",
-                        "personalive", "--weights", str(tiny_weights), "--size", "128", "--format", "rgb24"],
-                       capture_output=True, env=ENV)
-    assert r.returncode == 0, r.stderr.decode()
-    frames = np.frombuffer(r.stdout, np.uint8).reshape(-1, 128, 128, 3)
+    r = run("stream", "--reference", demo_ref, "--source", clip, "--method", "personalive", "--weights",
+            tiny_weights, "--size", "128", "--format", "rgb24")
+    assert r.returncode == 0, r.stderr
+    frames = np.frombuffer(r.stdout_bytes, np.uint8).reshape(-1, 128, 128, 3)
     assert len(frames) == 9 and frames.std() > 0
 
 
@@ -112,18 +93,17 @@ def test_weights_make_tiny(tmp_path):
 def test_realtime_stream_drops_frames_when_behind(tmp_path, demo_ref, demo_drive, ffmpeg, tiny_weights):
     # a 200 fps source paced in real time is far faster than the CPU model: frames must be dropped
     fast = tmp_path / "fast.mp4"
-    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "120", "-vf", "setpts=N/200/TB",
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "120", "-vf", "setpts=N/200/TB,scale=128:128",
                     "-r", "200", str(fast)], check=True)
-    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(fast), "--method", "personalive",
-                        "--weights", str(tiny_weights), "--size", "128", "--format", "rgb24", "--realtime",
-                        "--crop", "none"], capture_output=True, env=ENV)
-    assert r.returncode == 0, r.stderr.decode()
-    summary = r.stderr.decode().strip().splitlines()[-1]
+    r = run("stream", "--reference", demo_ref, "--source", fast, "--method", "personalive", "--weights",
+            tiny_weights, "--size", "128", "--format", "rgb24", "--realtime", "--crop", "none")
+    assert r.returncode == 0, r.stderr
+    summary = r.stderr.strip().splitlines()[-1]
     match = re.match(r"stream: (\d+) frames in, (\d+) out, (\d+) dropped", summary)
     assert match, summary
     received, written, dropped = (int(x) for x in match.groups())
     assert received == 120 and dropped > 0 and written == received - dropped
-    assert len(r.stdout) == written * 128 * 128 * 3
+    assert len(r.stdout_bytes) == written * 128 * 128 * 3
 
 
 def test_engine_fixes_are_named_options(tmp_path, demo_ref, demo_drive, tiny_weights):

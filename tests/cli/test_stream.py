@@ -1,4 +1,5 @@
-"""`personalive stream` in shell pipelines, as users run it."""
+"""`personalive stream` in shell pipelines, as users run it: a real process where pipes or signals are
+the point, in-process (``helpers.invoke``) for the rest."""
 
 import io
 import os
@@ -12,14 +13,14 @@ from pathlib import Path
 import av
 import numpy as np
 import pytest
-from helpers import probe
+from helpers import invoke, probe, write_video
 
 CLI = [sys.executable, "-m", "personalive_cli.cli.app"]
 
 
 def test_stream_y4m_into_ffmpeg(tmp_path, demo_ref, demo_drive, ffmpeg):
     clip = tmp_path / "clip.mp4"
-    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "40", str(clip)], check=True)
+    subprocess.run([ffmpeg, "-loglevel", "error", "-i", str(demo_drive), "-frames:v", "20", str(clip)], check=True)
     out = tmp_path / "out.mp4"
     stream = subprocess.Popen([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip),
                                "--method", "still", "--size", "256"], stdout=subprocess.PIPE, stderr=subprocess.PIPE)
@@ -28,8 +29,8 @@ def test_stream_y4m_into_ffmpeg(tmp_path, demo_ref, demo_drive, ffmpeg):
     err = stream.stderr.read().decode()
     assert stream.wait() == 0 and enc.returncode == 0, err + enc.stderr.decode()
     info = probe(out)
-    assert (info["frames"], info["width"], info["fps"]) == (40, 256, 25)
-    assert "40 frames in, 40 out" in err
+    assert (info["frames"], info["width"], info["fps"]) == (20, 256, 25)
+    assert "20 frames in, 20 out" in err
 
 
 def test_stream_stdin_y4m_to_rgb24(tmp_path, demo_ref, demo_drive, ffmpeg):
@@ -44,14 +45,29 @@ def test_stream_stdin_y4m_to_rgb24(tmp_path, demo_ref, demo_drive, ffmpeg):
 
 
 def test_stream_raw_rgb24_stdin_needs_size(demo_ref):
-    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
-                        "--crop", "none"], input=b"\0" * (64 * 64 * 3 * 4), capture_output=True)
-    assert r.returncode == 1 and "--input-size" in r.stderr.decode()
+    r = invoke("stream", "--reference", demo_ref, "--source", "-", "--method", "still", "--crop", "none",
+               input=b"\0" * (64 * 64 * 3 * 4))
+    assert r.returncode == 1 and "--input-size" in r.stderr
+    # raw frames through a real pipe
     r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
                         "--crop", "none", "--size", "128", "--input-size", "64x64", "--format", "rgb24"],
                        input=b"\0" * (64 * 64 * 3 * 4), capture_output=True)
     assert r.returncode == 0, r.stderr.decode()
     assert len(r.stdout) == 4 * 128 * 128 * 3
+
+
+def test_a_still_stream_never_imports_torch(demo_ref):
+    # `still` runs no torch code: importing torch anyway would cost seconds at every start of the command
+    args = ["stream", "--reference", str(demo_ref), "--source", "-", "--method", "still", "--crop", "none",
+            "--size", "128", "--input-size", "64x64", "--format", "rgb24"]
+    code = ("import atexit, runpy, sys\n"
+            "atexit.register(lambda: print('modules:', *sorted(m for m in sys.modules if m == 'torch' or "
+            "m.startswith(('torch.', 'personalive_cli.methods.'))), file=sys.stderr))\n"
+            f"sys.argv = ['personalive', *{args!r}]\n"
+            "runpy.run_module('personalive_cli.cli.app', run_name='__main__', alter_sys=True)\n")
+    r = subprocess.run([sys.executable, "-c", code], input=b"\0" * (64 * 64 * 3), capture_output=True)
+    assert r.returncode == 0 and len(r.stdout) == 128 * 128 * 3, r.stderr.decode()
+    assert r.stderr.decode().splitlines()[-1] == "modules: personalive_cli.methods.still"
 
 
 @pytest.mark.parametrize("pacing", ["", "--realtime"])
@@ -64,38 +80,35 @@ def test_closed_pipe_ends_quietly(demo_ref, demo_drive, pacing):
 
 
 def test_stream_to_file_via_ffmpeg(tmp_path, demo_ref, demo_drive):
-    out = tmp_path / "live.mp4"
-    clip = tmp_path / "c.mp4"
-    from helpers import write_video
-
     from personalive_cli.io.video import VideoReader
 
+    out = tmp_path / "live.mp4"
+    clip = tmp_path / "c.mp4"
     write_video(clip, list(VideoReader(demo_drive).iter_frames(0, 16)))
-    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(clip), "--method", "still",
-                        "--size", "128", "--to", str(out)], capture_output=True, text=True)
+    r = invoke("stream", "--reference", demo_ref, "--source", clip, "--method", "still", "--size", "128",
+               "--to", out)
     assert r.returncode == 0, r.stderr
     assert probe(out)["frames"] == 16
     assert sorted(p.name for p in tmp_path.iterdir()) == ["c.mp4", "live.mp4"]
 
 
 def _one_error_line(r, needle):
-    stderr = r.stderr if isinstance(r.stderr, str) else r.stderr.decode()
-    lines = [ln for ln in stderr.strip().splitlines() if ln.strip()]
-    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), stderr
-    assert needle in lines[0] and "Traceback" not in stderr
+    lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
+    assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
+    assert needle in lines[0] and "Traceback" not in r.stderr
 
 
 def test_ffmpeg_dying_mid_stream_is_an_error(demo_ref, demo_drive):
     # nothing listens on port 1: ffmpeg fails to open the output, and the stream must say so (not exit 0)
-    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", str(demo_drive), "--method",
-                        "still", "--size", "128", "--to", "rtmp://127.0.0.1:1/live/x"], capture_output=True, text=True)
+    r = invoke("stream", "--reference", demo_ref, "--source", demo_drive, "--method", "still", "--size", "128",
+               "--to", "rtmp://127.0.0.1:1/live/x")
     _one_error_line(r, "ffmpeg")
     assert "Connection refused" in r.stderr
 
 
 def test_raw_stdin_with_zero_size(demo_ref):
-    r = subprocess.run([*CLI, "stream", "--reference", str(demo_ref), "--source", "-", "--method", "still",
-                        "--crop", "none", "--input-size", "0x0"], input=b"\0" * 100, capture_output=True)
+    r = invoke("stream", "--reference", demo_ref, "--source", "-", "--method", "still", "--crop", "none",
+               "--input-size", "0x0", input=b"\0" * 100)
     _one_error_line(r, "must be positive")
 
 

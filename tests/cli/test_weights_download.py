@@ -85,10 +85,10 @@ def test_optional_parts_reach_the_download(tmp_path, fake_hub):
 
 def test_demo_downloads_on_first_use_then_animates(tmp_path, fake_hub, monkeypatch):
     monkeypatch.chdir(tmp_path)
-    r = CliRunner().invoke(app, ["demo", "--size", "128", "--frames", "5", "--crop", "none"])
+    r = CliRunner().invoke(app, ["demo", "--size", "128", "--frames", "4", "--crop", "none"])
     assert r.exit_code == 0, r.output
     first = r.stderr.strip().splitlines()[0]
     assert first.startswith("personalive weights not found: downloading them into the Hugging Face cache")
     assert (tmp_path / "demo.mp4").is_file()
-    r = CliRunner().invoke(app, ["demo", "--size", "128", "--frames", "5", "--crop", "none", "-o", "again.mp4"])
+    r = CliRunner().invoke(app, ["demo", "--size", "128", "--frames", "4", "--crop", "none", "-o", "again.mp4"])
     assert r.exit_code == 0 and "downloading" not in r.stderr  # found in the cache the second time

@@ -27,7 +27,7 @@ def test_random_access_matches_sequential(demo_drive):
 
 @pytest.mark.parametrize("src_fps,dst_fps", [("30000/1001", Fraction(25)), ("24", Fraction(30)), ("25", Fraction(25))])
 def test_resampled_indices_do_not_drift(tmp_path, demo_drive, ffmpeg, src_fps, dst_fps):
-    video = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d.mp4", src_fps, 10)
+    video = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d.mp4", src_fps, 10, size=64)
     reader = VideoReader(video)
     idx = reader.resampled_indices(dst_fps)
     src = Fraction(src_fps)
@@ -53,7 +53,7 @@ def test_writer_renames_only_when_complete(tmp_path):
 
 
 def test_writer_muxes_audio_cut_to_video(tmp_path, demo_drive, ffmpeg):
-    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d.mp4", "30", 3)
+    drive = make_driving_with_audio(ffmpeg, demo_drive, tmp_path / "d.mp4", "30", 3, size=64)
     reader = VideoReader(drive)
     with VideoWriter(tmp_path / "o.mp4", reader.info.fps, audio_from=drive) as w:
         for f in reader.iter_frames(0, 45):
