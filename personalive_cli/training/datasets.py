@@ -384,6 +384,16 @@ class GlobalSampler(torch.utils.data.Sampler):
         return self.steps
 
 
+def worker_context() -> str | None:
+    """Start DataLoader workers from a forkserver where there is one (Linux), not by forking the training
+    process: a fork copies the locks of threads that OpenCV, OpenMP or a video decoder may hold at that
+    moment, and a worker then hangs on its first call into that library (seen in the full test run).
+    None (the platform default, spawn) elsewhere."""
+    import multiprocessing
+
+    return "forkserver" if "forkserver" in multiprocessing.get_all_start_methods() else None
+
+
 def _worker_init(_worker_id: int) -> None:
     # one thread per worker: the workers are the parallelism (OpenCV and torch would each start a pool)
     try:
@@ -407,4 +417,5 @@ def make_loader(dataset: _ClipDataset, batch_size: int, start: int = 0, rank: in
     extra = {"prefetch_factor": prefetch_factor, "persistent_workers": True} if workers else {}
     sampler = GlobalSampler(batch_size, start, rank, world, steps)
     return torch.utils.data.DataLoader(dataset, batch_sampler=sampler, num_workers=workers,
-                                       pin_memory=pin_memory, worker_init_fn=_worker_init, **extra)
+                                       pin_memory=pin_memory, worker_init_fn=_worker_init,
+                                       multiprocessing_context=worker_context() if workers else None, **extra)

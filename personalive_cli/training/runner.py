@@ -34,6 +34,7 @@ from torch import nn
 
 from personalive_cli.errors import UserError
 from personalive_cli.training.config import RESUMABLE_CHANGES, TrainConfig, read_yaml, write_yaml
+from personalive_cli.training.datasets import worker_context
 from personalive_cli.training.run_folder import (
     MODEL_FILE,
     TRACKER_DIR,
@@ -327,7 +328,8 @@ class Runner:
                                      config.max_steps * accumulation)
         loader = tud.DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                                 pin_memory=device.type == "cuda", persistent_workers=False,
-                                worker_init_fn=_ignore_interrupts if config.num_workers else None)
+                                worker_init_fn=_ignore_interrupts if config.num_workers else None,
+                                multiprocessing_context=worker_context() if config.num_workers else None)
         batches = iter(loader)
         stop = _StopFlag()
         with stop:

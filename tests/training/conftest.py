@@ -85,10 +85,22 @@ def train_data(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
-def tiny_run(tmp_path_factory, train_data, tiny_weights) -> Path:
-    """A 4-step tiny run started from the official-layout tiny weights, as a user types it."""
+def demo_data(tmp_path_factory, demo_drive) -> Path:
+    """The shared demo video prepared into a training DATA folder as a user does it (`data prepare folder`:
+    face crops, FaceMesh boxes, train_manifest.csv), 48 frames at 128² to stay quick."""
+    src = tmp_path_factory.mktemp("raw")
+    (src / "demo.mp4").symlink_to(demo_drive)
+    data = tmp_path_factory.mktemp("demo_data") / "DATA"
+    r = invoke("data", "prepare", "folder", src, data, "--size", 128, "--max-frames", 48)
+    assert r.returncode == 0, r.stderr
+    return data
+
+
+@pytest.fixture(scope="session")
+def tiny_run(tmp_path_factory, demo_data, tiny_weights) -> Path:
+    """A 4-step tiny run on the prepared demo, started from the official-layout tiny weights, as a user types it."""
     run = tmp_path_factory.mktemp("runs") / "RUN"
-    r = invoke("train", "stage1", train_data, "--output", run, "--init", tiny_weights, "--max-steps", RUN_STEPS,
+    r = invoke("train", "stage1", demo_data, "--output", run, "--init", tiny_weights, "--max-steps", RUN_STEPS,
                *TINY_ARGS)
     assert r.returncode == 0, r.stderr
     assert f"trained to step {RUN_STEPS}" in r.stderr

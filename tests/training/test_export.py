@@ -2,17 +2,15 @@
 
 from __future__ import annotations
 
-import numpy as np
 import torch
 from fake_training_data import RUN_STEPS
 from helpers import invoke, one_error_line, probe
-from PIL import Image
 from safetensors.torch import load_file
 
 from personalive_cli.pipeline.components import PersonaLiveModels
 
 
-def test_export_then_weights_check_then_animate(tiny_run, train_data, tmp_path):
+def test_export_then_weights_check_then_animate(tiny_run, demo_data, demo_ref, tmp_path):
     out = tmp_path / "exported"
     r = invoke("train", "export", tiny_run, out)
     assert r.returncode == 0, r.stderr
@@ -25,10 +23,8 @@ def test_export_then_weights_check_then_animate(tiny_run, train_data, tmp_path):
     for key, value in trained.items():
         _, name, param = key.split(".", 2)
         assert torch.equal(states[name][param], value), key
-    reference = tmp_path / "ref.png"
-    Image.fromarray(np.full((128, 128, 3), 120, np.uint8)).save(reference)
     video = tmp_path / "out.mp4"
-    r = invoke("animate", reference, train_data / "videos" / "clip0.mp4", "--weights", out, "--size", 128, "--frames", 4,
+    r = invoke("animate", demo_ref, demo_data / "videos" / "demo.mp4", "--weights", out, "--size", 128, "--frames", 4,
                "--crop", "none", "--device", "cpu", "-o", video)
     assert r.returncode == 0, r.stderr
     assert probe(video)["frames"] == 4

@@ -77,7 +77,7 @@ def _ignores_sigint(pid: int) -> bool:
     return bool(int(re.search(r"^SigIgn:\s*([0-9a-f]+)", status, re.M).group(1), 16) & (1 << (signal.SIGINT - 1)))
 
 
-def test_ctrl_c_saves_a_checkpoint_then_resume_matches_the_uninterrupted_run(tiny_run, train_data, tiny_weights,
+def test_ctrl_c_saves_a_checkpoint_then_resume_matches_the_uninterrupted_run(tiny_run, demo_data, tiny_weights,
                                                                               tmp_path):
     """Ctrl-C in a terminal signals the whole process group, data-loader workers too: the step under way
     finishes (the workers keep serving it), a checkpoint is written; --resume continues exactly where the
@@ -98,17 +98,17 @@ def test_ctrl_c_saves_a_checkpoint_then_resume_matches_the_uninterrupted_run(tin
         os.kill(os.getpid(), signal.SIGINT)
 
     handler = signal.getsignal(signal.SIGINT)
-    result = Runner(Stage1(), train_data, run, config, on_start=ctrl_c).run()
+    result = Runner(Stage1(), demo_data, run, config, on_start=ctrl_c).run()
     assert result.interrupted and result.step == 1 and result.checkpoint == run / "checkpoints" / "step-00000001"
     assert signal.getsignal(signal.SIGINT) is handler  # restored
-    r = invoke("train", "stage1", train_data, "--output", run, "--resume", "latest", "--max-steps", 2)
+    r = invoke("train", "stage1", demo_data, "--output", run, "--resume", "latest", "--max-steps", 2)
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stderr and "trained to step 2" in r.stderr
     resumed, straight = _weights(run, 2), _weights(tiny_run, 2)  # the shared run has a checkpoint at step 2
     assert max((resumed[k].float() - straight[k].float()).abs().max().item() for k in straight) <= 1e-6
     steps = [int(r["step"]) for r in csv.DictReader((run / "metrics.csv").open())]
     assert steps == [1, 2]  # one row per step across the resume (no step-0 validation here)
-    line = one_error_line(invoke("train", "stage1", train_data, "--output", run, "--resume", "latest",
+    line = one_error_line(invoke("train", "stage1", demo_data, "--output", run, "--resume", "latest",
                                  "--set", "batch_size=2"))
     assert "batch_size cannot change" in line
 
