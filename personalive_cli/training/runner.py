@@ -34,7 +34,7 @@ from torch import nn
 
 from personalive_cli.errors import UserError
 from personalive_cli.training.config import RESUMABLE_CHANGES, TrainConfig, read_yaml, write_yaml
-from personalive_cli.training.datasets import worker_context
+from personalive_cli.training.datasets import GlobalSampler, worker_context
 from personalive_cli.training.run_folder import (
     MODEL_FILE,
     TRACKER_DIR,
@@ -118,21 +118,6 @@ def load_dataset_class(spec: str):
         return getattr(module, attr)
     except (ImportError, AttributeError) as exc:
         raise UserError(f"dataset class {spec!r} cannot be loaded ({exc})") from None
-
-
-class GlobalBatchSampler(torch.utils.data.Sampler):
-    """Micro-batches of global sample numbers (see the module docstring), from ``start`` to ``stop``."""
-
-    def __init__(self, batch: int, rank: int, world: int, start: int, stop: int):
-        self.batch, self.rank, self.world, self.start, self.stop = batch, rank, world, start, stop
-
-    def __iter__(self):
-        for m in range(self.start, self.stop):
-            first = (m * self.world + self.rank) * self.batch
-            yield list(range(first, first + self.batch))
-
-    def __len__(self) -> int:
-        return max(0, self.stop - self.start)
 
 
 def _ignore_interrupts(worker_id: int) -> None:
@@ -324,8 +309,10 @@ class Runner:
         batch_per_step = config.batch_size * accumulation * world
         import torch.utils.data as tud
 
-        sampler = GlobalBatchSampler(config.batch_size, rank, world, start_step * accumulation,
-                                     config.max_steps * accumulation)
+        # micro-batch m of rank r reads k = (m * world + r) * batch + j: the datasets' GlobalSampler from m0
+        first_micro = start_step * accumulation
+        sampler = GlobalSampler(config.batch_size, start=first_micro * config.batch_size * world, rank=rank,
+                                world=world, steps=config.max_steps * accumulation - first_micro)
         loader = tud.DataLoader(dataset, batch_sampler=sampler, num_workers=config.num_workers,
                                 pin_memory=device.type == "cuda", persistent_workers=False,
                                 worker_init_fn=_ignore_interrupts if config.num_workers else None,
@@ -510,4 +497,4 @@ def _version() -> str:
     return __version__
 
 
-__all__ = ["GlobalBatchSampler", "RunResult", "Runner", "load_dataset_class"]
+__all__ = ["RunResult", "Runner", "load_dataset_class"]
