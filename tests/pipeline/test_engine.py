@@ -130,10 +130,11 @@ def naive_schedule(models, inputs, noises, steps, engine, options=None):
 @pytest.mark.parametrize("fp16_banks", [True, False])
 @torch.no_grad()
 def test_engine_equals_unbatched_recomputation(tiny_models, inputs, compare, fp16_banks):
-    """Passes of the plain schedule, then historical keyframes that fire (steps 3 and 4) and are
-    attended to by the later passes; the cap (2) keeps the last step from adding one."""
-    steps = 5
-    options = dict(keyframe_threshold=0.0, keyframe_after_steps=1, max_keyframes=2, keyframe_compare=compare,
+    """Passes of the plain schedule (the 4th over driving frames only), then historical keyframes that
+    fire (steps 4 and 5) and are attended to by the later passes; the cap (2) keeps the last step from
+    adding one."""
+    steps = 6
+    options = dict(keyframe_threshold=0.0, keyframe_after_steps=2, max_keyframes=2, keyframe_compare=compare,
                    fp16_banks=fp16_banks)
     gen = torch.Generator().manual_seed(11)
     h = SIZE // 8
@@ -146,7 +147,7 @@ def test_engine_equals_unbatched_recomputation(tiny_models, inputs, compare, fp1
     outs = [engine.step(np.stack(inputs[1][4 * i: 4 * i + 4])) for i in range(steps)]
     want, want_added = naive_schedule(tiny_models, inputs, noises, steps, engine, EngineOptions(**options))
     added = [o.keyframe_added for o in outs]
-    assert added == want_added == [False] * 2 + [True] * 2 + [False]  # steps 4 and 5 attend to keyframes
+    assert added == want_added == [False] * 3 + [True] * 2 + [False]  # steps 5 and 6 attend to keyframes
     for o, w in zip(outs, want, strict=True):
         assert o.latents.shape == w.shape == (1, 4, 4, h, h)
         torch.testing.assert_close(o.latents, w, atol=2e-4, rtol=1e-4)
