@@ -16,7 +16,7 @@ import fcntl
 import json
 import os
 from collections.abc import Callable, Iterator
-from dataclasses import dataclass
+from dataclasses import replace
 from pathlib import Path
 
 from data_tools.manifest import Entry, read_manifest, write_manifest
@@ -105,18 +105,9 @@ def claim(dst: Path, settings: dict | None, split: str, force: bool = False, all
     return not data
 
 
-@dataclass
-class ClipRecord:
-    """What the manifests say of one clip; ``boxes`` empty for a clip without boxes."""
-
-    id: str
-    video: str
-    boxes: str
-    frames: int
-    size: int
-    fps: float
-    split: str
-    source: str
+# What the manifests say of one clip is a training-manifest row (``boxes`` empty for a clip without boxes,
+# ``split`` empty for one known only from the bench manifest).
+ClipRecord = TrainClip
 
 
 class Records(dict):
@@ -172,8 +163,7 @@ def update_manifests(dst: Path, records: dict[str, ClipRecord], cross: bool = Fa
         merged.update(records)
         exists = _existing(dst)
         kept = sorted((r for r in merged.values() if exists(r.video)), key=lambda r: r.id)
-        train = [TrainClip(id=r.id, video=r.video, boxes=r.boxes, frames=r.frames, size=r.size, fps=r.fps,
-                           split=r.split or "train", source=r.source) for r in kept if r.boxes and exists(r.boxes)]
+        train = [replace(r, split=r.split or "train") for r in kept if r.boxes and exists(r.boxes)]
         if train:
             write_train_manifest(dst / MANIFEST_NAME, train)
         else:
