@@ -14,6 +14,11 @@ Presets:
   gradient accumulation follows from the number of processes: 4 GPUs → 1, 1 GPU → 4).
 * ``tiny`` — the tiny random-weight architecture (`PersonaLiveConfig.tiny`) at 64² for smoke tests and
   the CPU benchmark; not a useful model.
+
+Each preset depends on the stage (`TrainConfig.preset(name, stage)`): Stage II's official recipe is 50K steps
+of batch 4 with 8-bit AdamW, the adversarial term after step 3000 and discriminator updates after step 5000;
+Stage III's is 10K iterations of one 40-frame sequence, 8-bit AdamW, the adversarial term from the start and
+discriminator updates after iteration 50, validation every 200 and checkpoints every 1000.
 """
 
 from __future__ import annotations
@@ -27,6 +32,8 @@ from pathlib import Path
 from personalive_cli.errors import UserError
 
 PRESETS = ("official", "paper", "tiny")
+STAGES = ("stage1", "stage2", "stage3")
+TEMPORAL_ATTENTION = ("bidirectional", "chunk_causal")
 MIXED_PRECISION = ("auto", "no", "fp16", "bf16")
 OPTIMIZERS = ("adamw", "adamw8bit")
 TRACKERS = ("tensorboard", "none")
@@ -68,6 +75,25 @@ class TrainConfig:
     zero_motion_ratio: float = 0.1
     zero_pose_ratio: float = 0.1
     bank_drop_ratio: float = 0.3  # reference-bank tokens dropped, re-drawn every step
+    # --- Stage II / III recipe (the generator loss: pixel MSE + face-region MSE + lpips_weight x LPIPS-VGG
+    # + adversarial_weight x softplus(-D(x, t)); training.md §6-7)
+    lpips_weight: float = 2.0
+    lpips_vgg: str | None = None  # vgg16-397923af.pth (None: torch hub's cache); "random": untrained trunk (tests)
+    gan: bool = True  # false: the "no GAN" ablation (MSE + LPIPS only, no discriminator at all)
+    adversarial_weight: float = 0.05
+    adversarial_after: int = 3000  # the generator's adversarial term once more than this many steps are done
+    discriminator_after: int = 5000  # discriminator updates once more than this many steps are done
+    discriminator_init: str | None = None  # FFHQ-512 StyleGAN2 D (.pth) or a D folder; None: random / the init run's
+    discriminator_lr_scale: float = 2.0  # the discriminator's learning rate = this x learning_rate
+    discriminator_channels: int = 32768  # StyleGAN2 channel_base (width at resolution r: base / r, at most 512)
+    r1_gamma: float = 0.0  # R1 penalty weight on real images (the official code has none)
+    unroll_max: int = 4  # Stage II: n ~ U{1..unroll_max} passes down the ladder 999 / 666 / 333 / 0
+    # --- Stage III
+    sequence_frames: int = 40  # frames per sequence (a multiple of 4, at least 16)
+    frame_stride: int = 4  # source frames between sequence frames
+    sliding: bool = True  # false: the "no sliding training" ablation (every window built from ground truth)
+    temporal_attention: str = "bidirectional"  # or chunk_causal (the paper's ablation)
+    decoder_checkpointing: bool = True  # Stage III decodes 16 frames with gradients: checkpoint the VAE decoder
     # --- initialisation
     init: str | None = None  # weights folder (official layout, X-NeMo-style files, or SD image-variations)
     random_init: str | None = None  # "tiny": seeded random tiny networks (smoke tests, benchmarks)
@@ -85,16 +111,29 @@ class TrainConfig:
     # ------------------------------------------------------------------------------------------ presets
 
     @classmethod
-    def preset(cls, name: str) -> TrainConfig:
-        if name == "official":
-            return cls()
+    def preset(cls, name: str, stage: str = "stage1") -> TrainConfig:
+        if stage not in STAGES:
+            raise ValueError(f"unknown stage {stage!r}")
+        if name not in PRESETS:
+            raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+        base = {"stage1": {},
+                "stage2": dict(batch_size=4, optimizer="adamw8bit", checkpoint_every=10_000),
+                "stage3": dict(max_steps=10_000, batch_size=1, optimizer="adamw8bit", adversarial_after=-1,
+                               discriminator_after=50, validate_every=200, checkpoint_every=1000,
+                               validation_samples=1)}[stage]
         if name == "paper":
-            return cls(max_steps=30_000, global_batch_size=32)
+            # The paper's batch 32 on 8 GPUs (Stage III: one sequence on each of 8 GPUs, 10K iterations).
+            base.update({"stage1": dict(max_steps=30_000, global_batch_size=32),
+                         "stage2": dict(max_steps=30_000, global_batch_size=32),
+                         "stage3": dict(global_batch_size=8)}[stage])
         if name == "tiny":
             # Random tiny networks learn visibly only at a higher rate than the recipe's fine-tuning 1e-5.
-            return cls(max_steps=40, batch_size=1, size=64, pose_size=64, num_workers=0, random_init="tiny",
-                       learning_rate=1e-3, checkpoint_every=20, validate_every=20, log_every=1)
-        raise UserError(f"unknown preset {name!r}; choose one of {', '.join(PRESETS)}")
+            base.update(max_steps=40, batch_size=1, size=64, pose_size=64, num_workers=0, random_init="tiny",
+                        learning_rate=1e-3, checkpoint_every=20, validate_every=20, log_every=1, optimizer="adamw",
+                        lpips_vgg="random", discriminator_channels=512)
+            if stage != "stage1":
+                base.update(adversarial_after=-1, discriminator_after=-1, sequence_frames=24)
+        return cls(**base)
 
     # ------------------------------------------------------------------------------------------ overrides
 
@@ -139,6 +178,17 @@ class TrainConfig:
             (self.validation_samples >= 0, "validation_samples must be 0 or more"),
             (self.log_every >= 1, "log_every must be at least 1"),
             (self.dataset is None or ":" in self.dataset, "dataset must be module:Class"),
+            (self.lpips_weight >= 0, "lpips_weight must be 0 or more"),
+            (self.adversarial_weight >= 0, "adversarial_weight must be 0 or more"),
+            (self.discriminator_lr_scale > 0, "discriminator_lr_scale must be positive"),
+            (self.discriminator_channels >= 16, "discriminator_channels must be at least 16"),
+            (self.r1_gamma >= 0, "r1_gamma must be 0 or more"),
+            (1 <= self.unroll_max <= 4, f"unroll_max must be 1 to 4 (the ladder has 4 rungs), got {self.unroll_max}"),
+            (self.sequence_frames >= 16 and self.sequence_frames % 4 == 0,
+             f"sequence_frames must be a multiple of 4 of at least 16 (one window), got {self.sequence_frames}"),
+            (self.frame_stride >= 1, "frame_stride must be at least 1"),
+            (self.temporal_attention in TEMPORAL_ATTENTION,
+             f"temporal_attention must be one of {', '.join(TEMPORAL_ATTENTION)}"),
         ]
         for name in ("uncond_ratio", "zero_motion_ratio", "zero_pose_ratio"):
             value = getattr(self, name)
@@ -236,9 +286,9 @@ def write_yaml(path: Path, config: TrainConfig) -> None:
 
 
 def resolve_config(preset: str = "official", file: str | Path | None = None, overrides: dict | None = None,
-                   ) -> TrainConfig:
-    """Preset, then the YAML file, then the overrides."""
-    config = TrainConfig.preset(preset)
+                   stage: str = "stage1") -> TrainConfig:
+    """The stage's preset, then the YAML file, then the overrides."""
+    config = TrainConfig.preset(preset, stage)
     if file is not None:
         config = config.updated(read_yaml(file), str(file))
     if overrides:

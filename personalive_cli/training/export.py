@@ -1,7 +1,8 @@
 """``personalive train export RUN OUT``: a run's trained networks in the official release layout.
 
 The run's base weights (``RUN/base``: the frozen networks and everything the stage does not train) with the
-trained networks of one checkpoint (the newest by default) loaded over them, written with
+trained networks of one checkpoint (the newest by default) loaded over them (a Stage III checkpoint holds the
+temporal modules only, so its export is the base with a new ``temporal_module.pth``), written with
 `PersonaLiveModels.save_pretrained`, so ``personalive weights check OUT`` and ``--weights OUT`` work.
 """
 
@@ -42,11 +43,14 @@ def load_run_models(run_path: str | Path, step: int | None = None):
             raise UserError(f"{path}: unexpected key {key}")
         by_module.setdefault(name, {})[param] = value
     for name, module_state in by_module.items():
+        # A checkpoint may hold only part of a network (Stage III: its temporal modules); the base has the rest.
         module = getattr(models, name)
-        missing, unexpected = module.load_state_dict(module_state, strict=False)
-        if missing or unexpected:
-            raise UserError(f"{path}: {name} does not match the run's base weights "
-                            f"(missing {missing[:2]}, unexpected {unexpected[:2]})")
+        own = module.state_dict()
+        unexpected = [k for k, v in module_state.items() if k not in own or own[k].shape != v.shape]
+        if unexpected:
+            raise UserError(f"{path}: {name} does not match the run's base weights (unexpected or misshapen "
+                            f"{unexpected[:2]})")
+        module.load_state_dict(module_state, strict=False)
     return models.eval().requires_grad_(False), step
 
 

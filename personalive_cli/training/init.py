@@ -1,6 +1,10 @@
 """Where a training run's networks start from (``--init DIR``).
 
-Three kinds of folder are recognised, in this order:
+Four kinds of folder are recognised, in this order:
+
+0. **A training run** (``run.json``; a folder ``personalive train stage1|stage2`` wrote): its base weights with
+   its newest checkpoint over them, as ``personalive train export`` would write them. Stage II starts from a
+   Stage I run this way, Stage III from a Stage II run (and takes its discriminator too).
 
 1. **The official layout** (``personalive/denoising_unet.pth`` present; the released PersonaLive weights,
    a folder ``personalive train export`` wrote, or ``personalive weights download DIR``): every network
@@ -31,6 +35,7 @@ import torch
 from torch import nn
 
 from personalive_cli.errors import UserError
+from personalive_cli.training.run_folder import RunFolder
 from personalive_cli.weights import WeightsLayout, compare_keys, find_checkpoint, read_state_dict
 
 log = logging.getLogger(__name__)
@@ -68,6 +73,11 @@ def initial_models(init: str | Path | None, random_init: str | None = None, seed
     root = Path(init).expanduser()
     if not root.is_dir():
         raise UserError(f"--init folder not found: {root}")
+    if RunFolder(root).is_run():
+        from personalive_cli.training.export import load_run_models
+
+        models, step = load_run_models(root)
+        return InitResult(models, "run", f"run {root} at step {step} ({RunFolder(root).info().get('stage', '?')})")
     layout = WeightsLayout.from_root(root)
     if find_checkpoint(layout.personalive, "denoising_unet") is not None:
         models = PersonaLiveModels.from_pretrained(layout)
@@ -229,4 +239,52 @@ def _from_scratch(root: Path, layout: WeightsLayout, seed: int) -> InitResult:
     return InitResult(models, "scratch", f"SD image-variations UNet {weights} (new modules zero-initialised)")
 
 
-__all__ = ["InitResult", "initial_models", "load_by_name"]
+def initial_discriminator(config):
+    """The discriminator a Stage II/III run starts from (training.md §6): from ``discriminator_init`` (the
+    FFHQ-512 StyleGAN2 file, loaded non-strictly: its timestep layers are new; or a run folder), else from the
+    ``--init`` run's newest checkpoint when it has one (Stage III from Stage II, strictly), else random."""
+    from personalive_cli.training.discriminator import DiscriminatorConfig, load_discriminator
+
+    size = config.size
+    if size & (size - 1):
+        raise UserError(f"the StyleGAN2 discriminator needs a power-of-two size (e.g. 256 or 512), got size {size}; "
+                        "change --set size or train without it (--set gan=false)")
+    dconfig = DiscriminatorConfig(resolution=size, channel_base=config.discriminator_channels)
+    source = config.discriminator_init
+    if source is not None and not RunFolder(Path(source).expanduser()).is_run():
+        return load_discriminator(source, dconfig)
+    run = Path(source if source is not None else config.init or "").expanduser()
+    if (source is not None or config.init) and RunFolder(run).is_run():
+        state = _run_discriminator_state(run)
+        if state is not None:
+            model = load_discriminator(None, dconfig)
+            missing, unexpected = model.load_state_dict(state, strict=False)
+            if missing or unexpected or any(state[k].shape != v.shape for k, v in model.state_dict().items()):
+                raise UserError(f"the discriminator of run {run} does not fit this run's (size {size}, "
+                                f"discriminator_channels {config.discriminator_channels})")
+            log.info("discriminator: from run %s", run)
+            return model
+        if source is not None:
+            raise UserError(f"run {run} has no discriminator in its newest checkpoint")
+    return load_discriminator(None, dconfig)
+
+
+def _run_discriminator_state(run: Path) -> dict[str, torch.Tensor] | None:
+    """The discriminator weights in a run's newest checkpoint (accelerate's second model), or None."""
+    from safetensors.torch import load_file
+
+    folder = RunFolder(run)
+    steps = folder.checkpoint_steps()
+    path = folder.checkpoint(steps[-1]) / "model_1.safetensors" if steps else None
+    if path is None or not path.is_file():
+        return None
+    prefix = "discriminator."
+    try:
+        state = load_file(str(path))
+    except Exception as exc:  # noqa: BLE001 - a damaged file in any way is one line
+        raise UserError(f"cannot read {path} ({str(exc).splitlines()[0] if str(exc) else type(exc).__name__})"
+                        ) from None
+    return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)} or None
+
+
+__all__ = ["InitResult", "initial_discriminator", "initial_models", "load_by_name"]

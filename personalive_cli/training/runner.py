@@ -68,17 +68,75 @@ class RunResult:
 
 class _StepModule(nn.Module):
     """What data-parallel training wraps: the trained networks as children (so DDP synchronises their
-    gradients and accelerate checkpoints them); the stage's ``training_step`` as the forward pass. The frozen
-    networks are reachable through ``models`` but not registered, so DDP never broadcasts them."""
+    gradients and accelerate checkpoints them). Its forward pass runs any function of the stage (the whole
+    ``training_step``, or the graded part of a self-updating one). The frozen networks are not registered,
+    so DDP never broadcasts them."""
 
     def __init__(self, models, stage: Stage):
         super().__init__()
         self.trained = nn.ModuleDict({name: getattr(models, name) for name in stage.trained_modules})
-        object.__setattr__(self, "models", models)
-        object.__setattr__(self, "stage", stage)
 
-    def forward(self, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
-        return self.stage.training_step(self.models, batch, ctx)
+    def forward(self, fn, *args, **kwargs):
+        return fn(*args, **kwargs)
+
+
+class _DiscriminatorStep(nn.Module):
+    """What data-parallel training wraps for the discriminator: one forward pass gives the logits of the
+    (detached) generated and the real images, and the R1 penalty on the real ones when asked for, so one
+    backward pass follows each forward pass (as DDP requires)."""
+
+    def __init__(self, discriminator: nn.Module, r1: bool):
+        super().__init__()
+        self.discriminator, self.r1 = discriminator, r1
+
+    def forward(self, fake: torch.Tensor, real: torch.Tensor, timesteps):
+        from personalive_cli.training.losses import r1_penalty
+
+        fake_logits = self.discriminator(fake.detach(), timesteps)
+        if not self.r1:
+            return fake_logits, self.discriminator(real, timesteps), None
+        real = real.detach().float().requires_grad_(True)
+        real_logits = self.discriminator(real, timesteps)
+        return fake_logits, real_logits, r1_penalty(real, real_logits)
+
+
+class _Updates:
+    """`personalive_cli.training.stage.Updater` for self-updating stages: backward passes and optimiser steps
+    (gradients accumulate over micro-batches; the optimisers step at the last one)."""
+
+    training = True
+
+    def __init__(self, accelerator, net, optimizer, params, config: TrainConfig, accumulation: int,
+                 d_step=None, d_optimizer=None, discriminator=None):
+        self.accelerator, self.net, self.optimizer, self.params = accelerator, net, optimizer, params
+        self.config, self.accumulation = config, accumulation
+        self.d_step, self.d_optimizer, self.discriminator = d_step, d_optimizer, discriminator
+        self.last_micro = True
+        self.grad_norms: list[float] = []
+        self.d_grad_norms: list[float] = []
+
+    def parallel(self, fn, *args, **kwargs):
+        return self.net(fn, *args, **kwargs)
+
+    def update_generator(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accumulation)
+        if self.last_micro:
+            self.grad_norms.append(float(self.accelerator.clip_grad_norm_(self.params, self.config.max_grad_norm)))
+            self.optimizer.step()
+            self.optimizer.zero_grad(set_to_none=True)
+
+    def discriminate(self, fake: torch.Tensor, real: torch.Tensor, timesteps):
+        if self.d_step is None:
+            raise RuntimeError("this run has no discriminator")
+        return self.d_step(fake, real, timesteps)
+
+    def update_discriminator(self, loss: torch.Tensor) -> None:
+        self.accelerator.backward(loss / self.accumulation)
+        if self.last_micro:
+            params = list(self.discriminator.parameters())
+            self.d_grad_norms.append(float(self.accelerator.clip_grad_norm_(params, self.config.max_grad_norm)))
+            self.d_optimizer.step()
+            self.d_optimizer.zero_grad(set_to_none=True)
 
 
 class _NothingToDo(Exception):
@@ -201,8 +259,9 @@ class Runner:
                            log_with=None if config.log_with == "none" else config.log_with,
                            kwargs_handlers=[DistributedDataParallelKwargs(find_unused_parameters=True)])
 
-    def _optimizer(self, config: TrainConfig, params: list[nn.Parameter]) -> torch.optim.Optimizer:
-        kwargs = dict(lr=config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
+    def _optimizer(self, config: TrainConfig, params: list[nn.Parameter], lr: float | None = None,
+                   ) -> torch.optim.Optimizer:
+        kwargs = dict(lr=lr or config.learning_rate, betas=(config.adam_beta1, config.adam_beta2),
                       eps=config.adam_epsilon, weight_decay=config.weight_decay)
         if config.optimizer == "adamw8bit":
             try:
@@ -232,8 +291,13 @@ class Runner:
         rank, world = accelerator.process_index, accelerator.num_processes
         main = accelerator.is_main_process
         accumulation = config.accumulation_steps(world)
+        if self.stage.generator_updates > 1 and accumulation > 1:
+            raise UserError(f"{self.stage.name} makes {self.stage.generator_updates} optimiser steps per sample, so it "
+                            f"cannot accumulate gradients (accumulation {accumulation}); use one sample per process "
+                            "and step (gradient_accumulation_steps=1, global_batch_size = batch_size x processes)")
         if config.optimizer == "adamw8bit":
             self._optimizer(config, [nn.Parameter(torch.zeros(1))])  # fail early if bitsandbytes is absent
+        self.stage.setup(config)  # the stage's own frozen networks (LPIPS): a missing file fails here
         torch.manual_seed(config.seed)
 
         if existing is None:
@@ -244,6 +308,12 @@ class Runner:
         else:
             models = PersonaLiveModels.from_pretrained(existing.base)
             init_detail = existing.info().get("init", "")
+        discriminator = None
+        if self.stage.uses_discriminator(config):
+            from personalive_cli.training.init import initial_discriminator
+
+            torch.manual_seed(config.seed)
+            discriminator = initial_discriminator(config)
         dataset_cls = load_dataset_class(config.dataset or self.stage.default_dataset)
         dataset = dataset_cls(self.data, **self.stage.dataset_kwargs(config, models))
         validation_frames = None
@@ -268,10 +338,11 @@ class Runner:
                 create_run(self.output, write)
             accelerator.wait_for_everyone()
         run = RunFolder(self.output)
-        return self._train(accelerator, config, run, models, dataset, accumulation, validation_frames, rank, world)
+        return self._train(accelerator, config, run, models, dataset, accumulation, validation_frames, rank, world,
+                           discriminator)
 
     def _train(self, accelerator, config: TrainConfig, run: RunFolder, models, dataset, accumulation: int,
-               validation_frames, rank: int, world: int) -> RunResult:
+               validation_frames, rank: int, world: int, discriminator=None) -> RunResult:
         main = accelerator.is_main_process
         device = accelerator.device
         started = time.perf_counter()
@@ -290,12 +361,24 @@ class Runner:
         net = _StepModule(models, stage)
         params = stage.trainable_parameters(models)
         optimizer = self._optimizer(config, params)
-        net, optimizer = accelerator.prepare(net, optimizer)
+        d_step = d_optimizer = None
+        if discriminator is None:
+            net, optimizer = accelerator.prepare(net, optimizer)
+        else:
+            discriminator.to(device).train()
+            d_step = _DiscriminatorStep(discriminator, config.r1_gamma > 0)
+            d_optimizer = self._optimizer(config, list(discriminator.parameters()),
+                                          config.learning_rate * config.discriminator_lr_scale)
+            net, optimizer, d_step, d_optimizer = accelerator.prepare(net, optimizer, d_step, d_optimizer)
+        updates = _Updates(accelerator, net, optimizer, params, config, accumulation, d_step, d_optimizer,
+                           discriminator)
+        checkpoint_keys = self._checkpoint_keys(accelerator, net)
 
         start_step, skipped, samples = 0, Counter(), 0
         latest = run.latest_checkpoint()
         if latest is not None:
-            accelerator.load_state(str(latest))
+            self._check_checkpoint(latest, checkpoint_keys)
+            accelerator.load_state(str(latest), strict=False)
             state = json.loads((latest / TRAINER_STATE).read_text())
             start_step, samples = state["step"], state["samples"]
             skipped = Counter(state.get("skipped", {}))
@@ -304,7 +387,8 @@ class Runner:
 
         if main and config.log_with != "none":
             accelerator.init_trackers(stage.name)
-        columns = ["step", *stage.loss_terms, "grad_norm", "lr", "samples_per_s", "skipped", "elapsed_s", "val_loss"]
+        norms = ["grad_norm", "d_grad_norm"] if discriminator is not None else ["grad_norm"]
+        columns = ["step", *stage.loss_terms, *norms, "lr", "samples_per_s", "skipped", "elapsed_s", "val_loss"]
         metrics = MetricsLog(run.metrics, columns, resume_step=start_step) if main else None
         batch_per_step = config.batch_size * accumulation * world
         import torch.utils.data as tud
@@ -343,14 +427,26 @@ class Runner:
                     ctx = StepContext(step=step, micro_step=micro, generator=torch.Generator().manual_seed(seed),
                                       device=device, config=config)
                     sync = a == accumulation - 1
-                    with contextlib.nullcontext() if sync else accelerator.no_sync(net):
-                        out = net(_to_device(batch, device), ctx)
-                        accelerator.backward(out["loss"] / accumulation)
+                    if stage.updates_itself:
+                        updates.last_micro, ctx.updater = sync, updates
+                        out = stage.training_step(models, _to_device(batch, device), ctx)
+                    else:
+                        with contextlib.nullcontext() if sync else accelerator.no_sync(net):
+                            out = net(stage.training_step, models, _to_device(batch, device), ctx)
+                            accelerator.backward(out["loss"] / accumulation)
                     for k, v in out.items():
                         terms[k] = terms.get(k, 0.0) + float(v.detach()) / accumulation
-                grad_norm = accelerator.clip_grad_norm_(params, config.max_grad_norm)
-                optimizer.step()
-                optimizer.zero_grad(set_to_none=True)
+                if stage.updates_itself:
+                    grad_norms = [_mean(updates.grad_norms)]
+                    if discriminator is not None:
+                        grad_norms.append(_mean(updates.d_grad_norms))
+                    updates.grad_norms, updates.d_grad_norms = [], []
+                else:
+                    grad_norms = [float(accelerator.clip_grad_norm_(params, config.max_grad_norm))]
+                    if discriminator is not None:
+                        grad_norms.append(float("nan"))
+                    optimizer.step()
+                    optimizer.zero_grad(set_to_none=True)
                 done = step + 1
                 samples += batch_per_step
                 window_steps += 1
@@ -360,11 +456,12 @@ class Runner:
                 logged = done % config.log_every == 0 or done == config.max_steps
                 row = {"step": done}
                 if logged:
-                    values = torch.tensor([*terms.values(), float(grad_norm), float(sum(skipped.values()))],
+                    values = torch.tensor([*terms.values(), *grad_norms, float(sum(skipped.values()))],
                                           device=device, dtype=torch.float64)
                     values = accelerator.reduce(values, reduction="mean") if world > 1 else values
                     row = {"step": done, **dict(zip(terms, values[:len(terms)].tolist(), strict=True)),
-                           "grad_norm": float(values[len(terms)]), "lr": optimizer.param_groups[0]["lr"],
+                           **dict(zip(norms, values[len(terms):-1].tolist(), strict=True)),
+                           "lr": optimizer.param_groups[0]["lr"],
                            "samples_per_s": window_steps * batch_per_step / max(window_seconds, 1e-9),
                            "skipped": int(round(float(values[-1]) * world)),
                            "elapsed_s": time.perf_counter() - started}
@@ -387,7 +484,7 @@ class Runner:
                     accelerator.wait_for_everyone()
                 if done % config.checkpoint_every == 0 or last or stopping:
                     if world > 1:
-                        self._check_replicas(accelerator, net)
+                        self._check_replicas(accelerator, net, d_step)
                     result.checkpoint = self._save(accelerator, config, run, done, samples, skipped)
                 if stopping:
                     result.interrupted = True
@@ -407,11 +504,44 @@ class Runner:
         flag = torch.tensor([1.0 if local else 0.0], device=accelerator.device)
         return bool(accelerator.reduce(flag, reduction="sum").item() > 0)
 
-    def _check_replicas(self, accelerator, net) -> None:
+    def _checkpoint_keys(self, accelerator, net) -> set[str]:
+        """The state keys checkpoints hold (``trained.<network>.<name>``; the stage may leave out what it never
+        trains, e.g. Stage III keeps only the temporal modules): checkpoints are written and checked with it."""
+        keys = {k for k in accelerator.unwrap_model(net).state_dict()
+                if self.stage.checkpoint_key(k.removeprefix("trained."))}
+
+        def keep_trained(models, weights, output_dir) -> None:  # noqa: ANN001 - accelerate's hook signature
+            if weights:
+                for key in [k for k in weights[0] if k not in keys]:
+                    del weights[0][key]
+
+        accelerator.register_save_state_pre_hook(keep_trained)
+        return keys
+
+    @staticmethod
+    def _check_checkpoint(path: Path, keys: set[str]) -> None:
+        """The checkpoint holds exactly the run's trained keys (it is loaded non-strictly: it omits the rest)."""
+        from safetensors import safe_open
+
+        try:
+            with safe_open(str(path / MODEL_FILE), "pt") as f:
+                saved = set(f.keys())
+        except Exception as exc:  # noqa: BLE001 - a damaged file in any way is one line
+            raise UserError(f"cannot read {path / MODEL_FILE} ({str(exc).splitlines()[0] if str(exc) else exc!r})"
+                            ) from None
+        if saved != keys:
+            extra, missing = sorted(saved - keys), sorted(keys - saved)
+            raise UserError(f"checkpoint {path} does not match this run's trained networks ("
+                            f"{len(missing)} keys missing, e.g. {missing[:2]}; {len(extra)} unexpected, e.g. "
+                            f"{extra[:2]})")
+
+    def _check_replicas(self, accelerator, net, d_step=None) -> None:
         """Data-parallel processes must hold identical weights: compare a checksum of every parameter across
         processes; a mismatch is an error, not a silent divergence. (Buffers such as BatchNorm statistics are
         process 0's: DDP broadcasts them at every forward pass, and process 0 saves them.)"""
         params = [p for _, p in accelerator.unwrap_model(net).named_parameters()]
+        if d_step is not None:
+            params += list(accelerator.unwrap_model(d_step).parameters())
         total = torch.zeros(2, dtype=torch.float64, device=accelerator.device)
         for i, value in enumerate(params):
             v = value.detach().double().flatten()
@@ -489,6 +619,10 @@ class Runner:
                 writer.add_image("validation", strip, global_step=step, dataformats="HWC")
         self.on_event(f"validation strip {path}")
         return path
+
+
+def _mean(values: list[float]) -> float:
+    return sum(values) / len(values) if values else float("nan")
 
 
 def _version() -> str:
