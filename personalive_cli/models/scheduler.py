@@ -43,10 +43,14 @@ class StreamScheduler:
         a = self.alphas_cumprod.to(t.device)[t.clamp(min=0)]
         return torch.where(t >= 0, a, torch.ones_like(a))
 
-    def step(self, eps: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor):
+    def step(self, eps: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,
+             noise: torch.Tensor | None = None):
         """One DDIM step of ``step_length`` for every frame.
 
         eps, sample: (b, c, f, h, w); timesteps: (f,) integer. Returns (x_prev, x0), both float32.
+        ``noise`` (training, [T] Algorithm 1): x0 re-noised with this fresh noise to t - step_length, instead
+        of the deterministic step along ε̂ (η = 0, inference). Same marginal noise level either way; a frame at
+        t = 0 comes out as x0 exactly in both (ᾱ = 1 below t = 0).
         """
         t = timesteps.to(device=sample.device, dtype=torch.long)
         shape = (1, 1, -1, 1, 1)
@@ -54,7 +58,8 @@ class StreamScheduler:
         a_prev = self._alpha(t - self.config.step_length).view(shape)
         eps32, x32 = eps.float(), sample.float()
         x0 = (x32 - (1 - a_t).sqrt() * eps32) / a_t.sqrt()
-        x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * eps32
+        direction = eps32 if noise is None else noise.float()
+        x_prev = a_prev.sqrt() * x0 + (1 - a_prev).sqrt() * direction
         return x_prev, x0
 
     def add_noise(self, x0: torch.Tensor, noise: torch.Tensor, timesteps: torch.Tensor) -> torch.Tensor:
