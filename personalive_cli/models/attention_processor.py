@@ -34,6 +34,7 @@ from torch import nn
 __all__ = [
     "ATTENTION_BACKENDS",
     "AttentionProcessorMixin",
+    "ChunkCausalAttnProcessor",
     "ReferenceAttnProcessor2_0",
     "XFormersReferenceAttnProcessor",
     "bind_reference_kv",
@@ -154,6 +155,33 @@ class XFormersReferenceAttnProcessor:
             scale=attn.scale,
         ).reshape(batch, lq, inner).to(q.dtype)
         return attn.to_out[1](attn.to_out[0](out))
+
+
+class ChunkCausalAttnProcessor:
+    """Temporal self-attention where a frame attends only to the frames of its own chunk and of older chunks
+    (the window runs oldest, cleanest chunk first): the paper's "chunk-causal attention" ablation (Table 2;
+    PersonaLive itself attends bidirectionally within the window).
+
+    hidden_states (B, f, C) with f the window's frames; ``chunk`` frames per chunk. Scaled dot-product
+    attention with a boolean (f, f) mask, otherwise diffusers' `AttnProcessor2_0` (no norms, no residual:
+    the temporal attention layers have neither).
+    """
+
+    def __init__(self, chunk: int = 4) -> None:
+        self.chunk = chunk
+
+    def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
+                 attention_mask: torch.Tensor | None = None, **kwargs) -> torch.Tensor:
+        if encoder_hidden_states is not None or attention_mask is not None:
+            raise ValueError("chunk-causal attention is temporal self-attention: no encoder states, no other mask")
+        b, f, _ = hidden_states.shape
+        chunks = torch.arange(f, device=hidden_states.device) // self.chunk
+        allowed = chunks[None, :] <= chunks[:, None]  # (query frame, key frame)
+        q, k, v = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        q, k, v = (x.view(b, f, attn.heads, -1).transpose(1, 2) for x in (q, k, v))
+        out = F.scaled_dot_product_attention(q, k, v, attn_mask=allowed)
+        out = out.transpose(1, 2).reshape(b, f, -1).to(q.dtype)
+        return attn.to_out[1](attn.to_out[0](out)) / attn.rescale_output_factor
 
 
 class AttentionProcessorMixin:

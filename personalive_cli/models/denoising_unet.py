@@ -303,6 +303,21 @@ class DenoisingUNet(UNetBase):
             out[name] = (attn.to_k(tokens), attn.to_v(tokens))
         return out
 
+    def set_temporal_attention(self, mode: str) -> None:
+        """"bidirectional" (PersonaLive: every frame of the window sees every other) or "chunk_causal" (the
+        paper's ablation, `ChunkCausalAttnProcessor`): the processor of every temporal attention layer."""
+        from diffusers.models.attention_processor import AttnProcessor2_0
+
+        from personalive_cli.models.attention_processor import ChunkCausalAttnProcessor
+        from personalive_cli.models.motion_modules import TemporalAttention
+
+        if mode not in ("bidirectional", "chunk_causal"):
+            raise ValueError(f"unknown temporal attention {mode!r}; choose bidirectional or chunk_causal")
+        processor = ChunkCausalAttnProcessor() if mode == "chunk_causal" else AttnProcessor2_0()
+        for module in self.modules():
+            if isinstance(module, TemporalAttention):
+                module.set_processor(processor)
+
     def forward(
         self,
         sample: torch.Tensor,

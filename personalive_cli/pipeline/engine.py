@@ -56,6 +56,26 @@ KEYPOINT_SIZE = 256            # the keypoint extractor's input resolution
 NoiseSource = Callable[[tuple[int, ...]], torch.Tensor]
 
 
+def window_timesteps(device: torch.device | str | None = None) -> torch.Tensor:
+    """The per-frame timesteps of a 16-frame window, (16,): [0 x 4, 333 x 4, 666 x 4, 999 x 4], oldest first."""
+    return torch.tensor([t for t in TIMESTEPS for _ in range(CHUNK)], device=device)
+
+
+def slide_window(scheduler: StreamScheduler, eps: torch.Tensor, window: torch.Tensor,
+                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+    """One denoising step of every chunk of a window: the schedule of streaming inference and of Stage III
+    training alike (``personalive_cli.training.stage3`` rolls its sequences out through this function).
+
+    window, eps: (b, c, 16, h, w) at `window_timesteps`. Returns (written, x0): ``x0`` (float32) is the
+    prediction of every frame; ``written`` is the window after the step: chunk 1 is its x0 (clean; it leaves
+    the window and is emitted), chunks 2-4 are one rung lower (at 0 / 333 / 666). Inference steps them
+    deterministically along ε̂ (``noise`` None, DDIM η = 0); training re-noises their x0 with fresh ``noise``
+    (b, c, 16, h, w) (training.md §7).
+    """
+    x_prev, x0 = scheduler.step(eps, window_timesteps(window.device), window, noise)
+    return torch.cat([x0[:, :, :CHUNK], x_prev[:, :, CHUNK:]], dim=2), x0
+
+
 @dataclass
 class EngineOptions:
     keyframe_threshold: float = 17.0
@@ -99,7 +119,7 @@ class StreamEngine:
             generator = torch.Generator().manual_seed(seed)
             noise = lambda shape: torch.randn(shape, generator=generator)  # noqa: E731
         self._noise = noise
-        self._t_window = torch.tensor([t for t in TIMESTEPS for _ in range(CHUNK)], device=self.device)
+        self._t_window = window_timesteps(self.device)
         self._image_processor = VaeImageProcessor(do_resize=False)  # [-1, 1] <-> [0, 1] conventions
         self.reference_ready = False
 
@@ -226,10 +246,9 @@ class StreamEngine:
         x = torch.cat(self.latents, dim=2)       # (1,4,16,h,w)
         eps = m.denoising_unet(x, self._t_window, self.clip, motion, torch.cat(self.poses, dim=2),
                                self._all_bank_kv())
-        x_prev, x0 = self.scheduler.step(eps, self._t_window, x)
-        clean = x0[:, :, :CHUNK].to(dt)
-        self.latents = [clean, *x_prev[:, :, CHUNK:].to(dt).split(CHUNK, dim=2)]
-        return clean, trigger
+        written, _ = slide_window(self.scheduler, eps, x)
+        self.latents = list(written.to(dt).split(CHUNK, dim=2))
+        return self.latents[0], trigger
 
     def _update_keyframes(self, trigger: bool, clean: torch.Tensor) -> bool:
         """Store the clean chunk's first frame as a historical keyframe (its attention K/V) when the
