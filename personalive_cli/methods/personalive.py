@@ -74,6 +74,9 @@ class PersonaLiveOptions:
                                              "(false: the official online behaviour)")
     fp16_banks: bool = option(True, "round reference/keyframe attention tokens to fp16, as the official code "
                                     "stores them (false: full precision in fp32 runs)")
+    temporal_attention: str = option("bidirectional", "bidirectional (PersonaLive) or chunk_causal: for weights "
+                                                      "trained with the chunk-causal ablation (train stage3 --set "
+                                                      "temporal_attention=chunk_causal)")
 
 
 class PersonaLive(Method):
@@ -91,7 +94,7 @@ class PersonaLive(Method):
                  vae: str = "full", attention: str = "sdpa", engine_options=None, keyframes: bool = True,
                  keyframe_threshold: float = 17.0, max_keyframes: int = 3, reset_keyframe_flag: bool = True,
                  keyframe_compare: str = "emitted", bounded_motion_bank: bool = True, fp16_banks: bool = True,
-                 **options):
+                 temporal_attention: str = "bidirectional", **options):
         super().__init__(weights=weights, device=device, dtype=dtype, size=size, seed=seed, **options)
         from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
         from personalive_cli.pipeline.engine import EngineOptions
@@ -112,6 +115,8 @@ class PersonaLive(Method):
         try:
             models.denoising_unet.set_attention_backend(attention)
             models.reference_unet.set_attention_backend(attention)
+            if temporal_attention != "bidirectional":
+                models.denoising_unet.set_temporal_attention(temporal_attention)
         except (RuntimeError, ValueError) as exc:
             raise UserError(str(exc)) from None
         self.models = models.to(device=device, dtype=self.dtype)

@@ -22,3 +22,20 @@ def test_one_output_per_input(tiny_models, length):
     assert all(o.shape == (64, 64, 3) and o.dtype == np.uint8 for o in outs)
     # a driving frame's output leaves the window 3 steps after it entered: nothing before that
     assert engine.steps == (length + 3) // 4 + 3
+
+
+def test_temporal_attention_option_sets_the_processors(tiny_weights):
+    """`--option temporal_attention=chunk_causal` runs weights trained with that ablation as they were trained."""
+    from personalive_cli.errors import UserError
+    from personalive_cli.methods.personalive import PersonaLive
+    from personalive_cli.models.attention_processor import ChunkCausalAttnProcessor
+    from personalive_cli.models.motion_modules import TemporalAttention
+
+    def processors(method):
+        return {type(m.processor) for m in method.models.denoising_unet.modules() if isinstance(m, TemporalAttention)}
+
+    assert ChunkCausalAttnProcessor not in processors(PersonaLive(weights=tiny_weights, size=64))
+    assert processors(PersonaLive(weights=tiny_weights, size=64, temporal_attention="chunk_causal")) == {
+        ChunkCausalAttnProcessor}
+    with pytest.raises(UserError, match="chunk_causal"):
+        PersonaLive(weights=tiny_weights, size=64, temporal_attention="causal")
