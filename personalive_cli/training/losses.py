@@ -89,9 +89,12 @@ class LPIPSLoss(nn.Module):
         self.net = build_lpips("vgg", path, weight_file=VGG16)
 
     @classmethod
-    def random_for_tests(cls) -> LPIPSLoss:
-        """A random-trunk LPIPS (the package's real heads): same code path, meaningless values."""
-        return cls(pretrained=False)
+    def random_for_tests(cls, seed: int = 0) -> LPIPSLoss:
+        """A random-trunk LPIPS (the package's real heads): same code path, meaningless values. Seeded, so every
+        process of a run (and a resumed run) scores with the same network."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(pretrained=False)
 
     def train(self, mode: bool = True) -> LPIPSLoss:
         super().train(mode)

@@ -42,3 +42,29 @@ def test_accelerate_launch_two_cpu_processes(train_data, tmp_path):
     assert [int(r["step"]) for r in rows] == [1, 2, 3, 4, 5]
     assert {p.name for p in (run / "checkpoints" / "step-00000005").iterdir()} >= {"random_states_0.pkl",
                                                                                   "random_states_1.pkl"}
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("stage", ["stage2", "stage3"])
+def test_accelerate_launch_two_cpu_processes_stages_2_and_3(stage, train_data, tmp_path):
+    """The generator and the discriminator train data-parallel (Stage III: three generator steps per sequence);
+    both processes hold identical weights of both at the end."""
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate is not installed")
+    run = tmp_path / "RUN"
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(paths)}
+    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
+           "--dynamo_backend", "no", "-m", "personalive_cli.cli.app",
+           "train", stage, str(train_data), "--output", str(run), "--preset", "tiny", "--max-steps", "2",
+           "--set", "validate_every=0", "--set", "log_with=none"]
+    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    assert r.returncode == 0, r.stderr[-3000:]
+    assert "all 2 processes hold identical weights" in r.stderr
+    assert r.stderr.count("trained to step 2") == 1
+    rows = list(csv.DictReader((run / "metrics.csv").open()))
+    assert [int(r["step"]) for r in rows] == [1, 2]
+    assert all(float(r["d_loss"]) > 0 for r in rows)  # the discriminator updated on every step
+    assert {p.name for p in (run / "checkpoints" / "step-00000002").iterdir()} >= {"model.safetensors",
+                                                                                  "model_1.safetensors"}

@@ -52,3 +52,20 @@ def test_10_steps_stop_resume_10_equals_20_steps(one_clip, tmp_path):
     diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
     print(f"max |weight difference| after 20 steps, straight vs 10 + resume 10: {diff:.3g}")
     assert diff <= 1e-6
+
+
+def test_stage3_2_steps_stop_resume_2_equals_4_steps(one_clip, tmp_path):
+    """Stage III with its discriminator: the temporal modules and D after 2 + 2 resumed steps equal 4 straight."""
+    common = ["--preset", "tiny", "--set", "validate_every=0", "--set", "log_with=none", "--set", "checkpoint_every=2"]
+    straight, split = tmp_path / "straight", tmp_path / "split"
+    assert invoke("train", "stage3", one_clip, "--output", straight, "--max-steps", 4, *common).returncode == 0
+    assert invoke("train", "stage3", one_clip, "--output", split, "--max-steps", 2, *common).returncode == 0
+    r = invoke("train", "stage3", one_clip, "--output", split, "--resume", "latest", "--max-steps", 4)
+    assert r.returncode == 0 and "resumed from" in r.stderr, r.stderr
+    for name in ("model.safetensors", "model_1.safetensors"):
+        a = load_file(str(straight / "checkpoints" / "step-00000004" / name))
+        b = load_file(str(split / "checkpoints" / "step-00000004" / name))
+        assert a.keys() == b.keys()
+        diff = max((a[k].double() - b[k].double()).abs().max().item() for k in a)
+        print(f"{name}: max |weight difference| after 4 steps, straight vs 2 + resume 2: {diff:.3g}")
+        assert diff <= 1e-6
