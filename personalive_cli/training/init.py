@@ -243,7 +243,7 @@ def initial_discriminator(config):
     """The discriminator a Stage II/III run starts from (training.md §6): from ``discriminator_init`` (the
     FFHQ-512 StyleGAN2 file, loaded non-strictly: its timestep layers are new; or a run folder), else from the
     ``--init`` run's newest checkpoint when it has one (Stage III from Stage II, strictly), else random."""
-    from personalive_cli.training.discriminator import DiscriminatorConfig, load_discriminator
+    from personalive_cli.training.discriminator import Discriminator, DiscriminatorConfig, load_discriminator
 
     size = config.size
     if size & (size - 1):
@@ -257,7 +257,7 @@ def initial_discriminator(config):
     if (source is not None or config.init) and RunFolder(run).is_run():
         state = _run_discriminator_state(run)
         if state is not None:
-            model = load_discriminator(None, dconfig)
+            model = Discriminator(dconfig)  # (not load_discriminator(None): it logs "random initialisation")
             missing, unexpected = model.load_state_dict(state, strict=False)
             if missing or unexpected or any(state[k].shape != v.shape for k, v in model.state_dict().items()):
                 raise UserError(f"the discriminator of run {run} does not fit this run's (size {size}, "
