@@ -89,9 +89,13 @@ class LPIPSLoss(nn.Module):
         self.net = build_lpips("vgg", path, weight_file=VGG16)
 
     @classmethod
-    def random_for_tests(cls) -> LPIPSLoss:
-        """A random-trunk LPIPS (the package's real heads): same code path, meaningless values."""
-        return cls(pretrained=False)
+    def random_for_tests(cls, seed: int = 0) -> LPIPSLoss:
+        """A random-trunk LPIPS (the package's real heads): same code path, meaningless values. The trunk is
+        drawn from ``seed`` without touching the global RNG, so every build is the same network (a run that
+        uses it, e.g. ``lpips_vgg: random``, is reproducible and resumes exactly)."""
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(seed)
+            return cls(pretrained=False)
 
     def train(self, mode: bool = True) -> LPIPSLoss:
         super().train(mode)

@@ -52,6 +52,12 @@ class Stage2(Stage1):
     def uses_discriminator(self, config: TrainConfig) -> bool:
         return config.gan
 
+    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
+        """Without a discriminator (``gan: false``) there is no adversarial term and no discriminator update."""
+        if self.uses_discriminator(config):
+            return self.loss_terms
+        return tuple(k for k in self.loss_terms if k not in ("adversarial", *DISCRIMINATOR_TERMS))
+
     def ladder(self) -> tuple[int, ...]:
         return self.scheduler.config.timesteps  # (999, 666, 333, 0)
 
