@@ -143,11 +143,19 @@ class Traced:
         def on_reference(module, args, output):
             self.reference_grad.append(torch.is_grad_enabled())
 
+        self.decoded: list[torch.Tensor] = []  # what the VAE decoder is given
+        decode = models.vae.decode
+
+        def record_decode(z, *args, **kwargs):
+            self.decoded.append(z.detach().clone())
+            return decode(z, *args, **kwargs)
+
+        monkeypatch.setattr(models.vae, "decode", record_decode)
         self.handles = [models.denoising_unet.register_forward_hook(on_denoise),
                         models.reference_unet.register_forward_hook(on_reference)]
 
     def run(self, batch, seed: int, updater=None, **changes):
-        for record in (self.passes, self.reference_grad, self.steps):
+        for record in (self.passes, self.reference_grad, self.steps, self.decoded):
             record.clear()
         self.draws = []
         ctx = StepContext(step=0, micro_step=0, generator=torch.Generator().manual_seed(seed),
@@ -220,14 +228,18 @@ def test_unroll_is_the_inference_step_with_fresh_noise_down_the_ladder(traced, b
 
 
 def test_evaluation_runs_the_full_ladder_and_scores_the_decoded_prediction(traced, batch, models):
-    """Without an updater (the validation loss) n = 4, nothing is updated, and the terms are the decoded-pixel
-    MSE, the face-weighted MSE and 2 LPIPS of x̂0 predicted at t = 0, recomputed here by hand."""
+    """Without an updater (the validation loss) n = 4 and there is no adversarial term nor D update; the terms
+    are the decoded-pixel MSE, the face-weighted MSE and 2 LPIPS of x̂0 predicted at t = 0, recomputed here by
+    hand (x̂0 from the recorded last pass, decoded by the frozen VAE)."""
     out = traced.run(batch, 5, None, **NO_DROPOUT, bank_drop_ratio=0.0)
     assert int(out["unroll"]) == 4 and [int(p["t"]) for p in traced.passes] == list(LADDER)
     assert math.isnan(out["adversarial"]) and all(math.isnan(out[k]) for k in D_TERMS)
     last = traced.passes[-1]
     abar0 = _alphas_cumprod()[0]
     x0 = ((last["z"].double() - (1 - abar0).sqrt() * last["eps"].double()) / abar0.sqrt()).float()
+    assert len(traced.decoded) == 1
+    torch.testing.assert_close(traced.decoded[0], x0[:, :, 0] / models.vae.config.scaling_factor,
+                               rtol=1e-5, atol=1e-6)
     with torch.no_grad():
         image = models.vae.decode(x0[:, :, 0] / models.vae.config.scaling_factor).sample.float()
         target = batch["target"]
@@ -371,9 +383,10 @@ def test_cli_stage2_from_a_stage1_run(tiny_run, train_data, tmp_path):
 
 
 @pytest.mark.parametrize("setting, expected", [
-    ("lpips_vgg=/nonexistent/vgg16.pth", "/nonexistent/vgg16.pth"),
+    ("lpips_vgg=/nonexistent/vgg16.pth", "LPIPS-VGG: /nonexistent/vgg16.pth not found"),
     ("discriminator_init=/nonexistent/d.pth", "discriminator weights /nonexistent/d.pth not found"),
     ("size=192", "power-of-two size"),
+    ("batch_size=6", "needs batch_size 4 or less, or a multiple of 4, got 6"),  # D's minibatch-stddev groups
 ])
 def test_bad_inputs(setting, expected, train_data, tiny_weights, tmp_path):
     out = tmp_path / "RUN"
