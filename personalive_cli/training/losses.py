@@ -90,8 +90,9 @@ class LPIPSLoss(nn.Module):
 
     @classmethod
     def random_for_tests(cls, seed: int = 0) -> LPIPSLoss:
-        """A random-trunk LPIPS (the package's real heads): same code path, meaningless values. Seeded, so every
-        process of a run (and a resumed run) scores with the same network."""
+        """A random-trunk LPIPS (the package's real heads): same code path, meaningless values. The trunk is
+        drawn from ``seed`` without touching the global RNG, so every build is the same network (a run that
+        uses it, e.g. ``lpips_vgg: random``, is reproducible and resumes exactly)."""
         with torch.random.fork_rng(devices=[]):
             torch.manual_seed(seed)
             return cls(pretrained=False)

@@ -388,7 +388,8 @@ class Runner:
         if main and config.log_with != "none":
             accelerator.init_trackers(stage.name)
         norms = ["grad_norm", "d_grad_norm"] if discriminator is not None else ["grad_norm"]
-        columns = ["step", *stage.loss_terms, *norms, "lr", "samples_per_s", "skipped", "elapsed_s", "val_loss"]
+        term_names = stage.logged_terms(config)
+        columns = ["step", *term_names, *norms, "lr", "samples_per_s", "skipped", "elapsed_s", "val_loss"]
         metrics = MetricsLog(run.metrics, columns, resume_step=start_step) if main else None
         batch_per_step = config.batch_size * accumulation * world
         import torch.utils.data as tud
@@ -435,7 +436,8 @@ class Runner:
                             out = net(stage.training_step, models, _to_device(batch, device), ctx)
                             accelerator.backward(out["loss"] / accumulation)
                     for k, v in out.items():
-                        terms[k] = terms.get(k, 0.0) + float(v.detach()) / accumulation
+                        if k in term_names:
+                            terms[k] = terms.get(k, 0.0) + float(v.detach()) / accumulation
                 if stage.updates_itself:
                     grad_norms = [_mean(updates.grad_norms)]
                     if discriminator is not None:

@@ -128,6 +128,10 @@ class Stage:
         """Whether the run trains a discriminator beside the generator."""
         return False
 
+    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
+        """The terms of ``loss_terms`` this run logs (its metrics.csv columns): by default all of them."""
+        return self.loss_terms
+
     def checkpoint_key(self, key: str) -> bool:
         """Whether the trained-network state key ``module.name`` (e.g. ``denoising_unet.conv_in.weight``)
         goes into checkpoints (the others keep the run's base weights). Default: every key."""

@@ -23,6 +23,7 @@ from typing import ClassVar
 
 import torch
 
+from personalive_cli.errors import UserError
 from personalive_cli.pipeline.keypoints import draw_keypoints
 from personalive_cli.training.appearance import (
     DISCRIMINATOR_TERMS,
@@ -32,6 +33,7 @@ from personalive_cli.training.appearance import (
     region_weights,
 )
 from personalive_cli.training.config import TrainConfig
+from personalive_cli.training.discriminator import DiscriminatorConfig
 from personalive_cli.training.stage import StepContext
 from personalive_cli.training.stage1 import Stage1, drop_bank_tokens, vae_sample
 
@@ -47,10 +49,20 @@ class Stage2(Stage1):
         self.objective: AppearanceObjective | None = None
 
     def setup(self, config: TrainConfig) -> None:
+        group = DiscriminatorConfig().mbstd_group_size  # D compares groups of this many images of a batch
+        if self.uses_discriminator(config) and config.batch_size > group and config.batch_size % group:
+            raise UserError(f"bad config: the discriminator's minibatch-stddev layer needs batch_size {group} or less, "
+                            f"or a multiple of {group}, got {config.batch_size} (or train without it: --set gan=false)")
         self.objective = AppearanceObjective(config)
 
     def uses_discriminator(self, config: TrainConfig) -> bool:
         return config.gan
+
+    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
+        """Without a discriminator (``gan: false``) there is no adversarial term and no discriminator update."""
+        if self.uses_discriminator(config):
+            return self.loss_terms
+        return tuple(k for k in self.loss_terms if k not in ("adversarial", *DISCRIMINATOR_TERMS))
 
     def ladder(self) -> tuple[int, ...]:
         return self.scheduler.config.timesteps  # (999, 666, 333, 0)

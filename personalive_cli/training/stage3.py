@@ -75,6 +75,12 @@ class Stage3(Stage):
     def uses_discriminator(self, config: TrainConfig) -> bool:
         return config.gan
 
+    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
+        """Without a discriminator (``gan: false``) there is no adversarial term and no discriminator update."""
+        if self.uses_discriminator(config):
+            return self.loss_terms
+        return tuple(k for k in self.loss_terms if k not in ("adversarial", *DISCRIMINATOR_TERMS))
+
     def configure(self, models) -> None:
         models.requires_grad_(False).eval()
         models.denoising_unet.train()
