@@ -184,7 +184,8 @@ def test_bad_init_folders(train_data, tmp_path, tiny_weights):
     line = one_error_line(invoke("train", "stage1", train_data, "--output", out, "--init", bad, *TINY_ARGS))
     assert "pose_guider.pth: key conv_in.weight has shape" in line
     assert _no_run(out)
-    assert "official (default" in invoke("train", "stage1", "--help").stdout  # the --help the errors point at
+    helped = invoke("train", "stage1", "--help").stdout  # the --help the errors point at: presets, --init folders
+    assert "official (the released recipe" in helped and "X-NeMo" in helped
 
 
 def test_bad_config_and_batch(train_data, tmp_path):

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import csv
 import dataclasses
-import json
 import math
 import shutil
 
@@ -362,26 +361,6 @@ def test_cli_run_metrics_checkpoint_and_export(stage2_run, tiny_models, tmp_path
     assert r.returncode == 0, r.stderr
 
 
-def test_cli_stage2_from_a_stage1_run(tiny_run, train_data, tmp_path):
-    """--init a Stage I run folder: its newest checkpoint over its base is where Stage II starts."""
-    from personalive_cli.pipeline.components import PersonaLiveModels
-
-    run = tmp_path / "RUN"
-    r = invoke("train", "stage2", train_data, "--output", run, "--init", tiny_run, "--max-steps", 1, *TINY,
-               "--set", "validate_every=0")
-    assert r.returncode == 0, r.stderr
-    assert "trained to step 1" in r.stderr
-    info = json.loads((run / "run.json").read_text())
-    assert info["stage"] == "stage2" and info["init"] == f"run {tiny_run} at step 4 (stage1)"
-    start = PersonaLiveModels.from_pretrained(run / "base")
-    stage1 = _checkpoint(tiny_run, 4)
-    states = {name: getattr(start, name).state_dict() for name in Stage2.trained_modules}
-    for key, value in stage1.items():
-        _, name, param = key.split(".", 2)
-        assert torch.equal(states[name][param], value), key
-    assert (run / "checkpoints" / "step-00000001" / "model_1.safetensors").is_file()
-
-
 @pytest.mark.parametrize("setting, expected", [
     ("lpips_vgg=/nonexistent/vgg16.pth", "LPIPS-VGG: /nonexistent/vgg16.pth not found"),
     ("discriminator_init=/nonexistent/d.pth", "discriminator weights /nonexistent/d.pth not found"),
@@ -419,6 +398,7 @@ def straight_run(tmp_path_factory, train_data, tiny_weights):
     return run
 
 
+@pytest.mark.slow
 def test_resume_equals_the_uninterrupted_run(stage2_run, straight_run, train_data, tmp_path):
     """The 3-step run (validation at 0 and 3) resumed to 6 equals 6 straight steps (validation at 0 and 6):
     the trained networks and the discriminator."""
@@ -435,6 +415,7 @@ def test_resume_equals_the_uninterrupted_run(stage2_run, straight_run, train_dat
     assert [int(r["step"]) for r in _rows(split)[1]] == [0, 1, 2, 3, 4, 5, 6]
 
 
+@pytest.mark.slow
 def test_six_steps_lower_the_validation_loss(straight_run):
     """The quick version of the over-fitting test below: the validation loss (fixed samples and draws, the
     full ladder, no dropout) after 6 steps of the tiny preset, against the start."""

@@ -3,8 +3,11 @@ the shared demo prepared with `data prepare` (a few tiny steps each; the Stage I
 
 from __future__ import annotations
 
+import json
+
 import torch
 from helpers import invoke, probe
+from safetensors.torch import load_file
 
 from personalive_cli.pipeline.components import PersonaLiveModels
 from personalive_cli.weights import read_state_dict
@@ -16,10 +19,22 @@ def test_stage1_stage2_stage3_export_animate(tiny_run, demo_data, demo_ref, tmp_
                "--max-steps", 2, "--set", "validate_every=0")
     assert r.returncode == 0, r.stderr
     assert "trained to step 2" in r.stderr
+    # Stage II started from the Stage I run: its newest checkpoint over its base.
+    info = json.loads((run2 / "run.json").read_text())
+    assert info["stage"] == "stage2" and info["init"] == f"run {tiny_run} at step 4 (stage1)"
+    start = PersonaLiveModels.from_pretrained(run2 / "base")
+    states = {}
+    for key, value in load_file(str(tiny_run / "checkpoints" / "step-00000004" / "model.safetensors")).items():
+        _, name, param = key.split(".", 2)
+        if name not in states:
+            states[name] = getattr(start, name).state_dict()
+        assert torch.equal(states[name][param], value), key
+    assert (run2 / "checkpoints" / "step-00000002" / "model_1.safetensors").is_file()  # the discriminator
+
     r = invoke("train", "stage3", demo_data, "--output", run3, "--init", run2, "--preset", "tiny",
-               "--max-steps", 2, "--set", "validate_every=2")
+               "--max-steps", 1, "--set", "validate_every=0")
     assert r.returncode == 0, r.stderr
-    assert (run3 / "validation" / "step-00000002.png").is_file()
+    assert "discriminator: from run" in r.stderr
     header = (run3 / "metrics.csv").read_text().splitlines()[0].split(",")
     assert {"loss", "mse", "face", "lpips", "adversarial", "d_loss", "grad_norm", "d_grad_norm"} <= set(header)
 
