@@ -101,6 +101,8 @@ class PersonaLive(Method):
 
         if vae not in ("full", "tiny"):
             raise UserError(f"unknown --vae {vae!r}; choose full or tiny")
+        if temporal_attention not in ("bidirectional", "chunk_causal"):
+            raise UserError(f"unknown temporal_attention {temporal_attention!r}; choose bidirectional or chunk_causal")
         if attention == "xformers" and torch.device(device).type != "cuda":
             raise UserError("--attention xformers needs a CUDA device; on this device use --attention sdpa")
         self.dtype = dtype or torch.float32

@@ -105,3 +105,28 @@ def tiny_run(tmp_path_factory, demo_data, tiny_weights) -> Path:
     assert r.returncode == 0, r.stderr
     assert f"trained to step {RUN_STEPS}" in r.stderr
     return run
+
+
+@pytest.fixture(scope="session")
+def stage2_run(tmp_path_factory, demo_data, tiny_run) -> Path:
+    """3 Stage II steps on the prepared demo from the Stage I run `tiny_run`, as a user types it (checkpoint and
+    validation at 3; validation at 0 too). Shared by the Stage II, Stage III and three-stage tests."""
+    run = tmp_path_factory.mktemp("stage2") / "RUN2"
+    r = invoke("train", "stage2", demo_data, "--output", run, "--init", tiny_run, "--max-steps", 3, "--preset",
+               "tiny", "--set", "log_with=none", "--set", "checkpoint_every=3", "--set", "validate_every=3")
+    assert r.returncode == 0, r.stderr
+    assert "trained to step 3" in r.stderr
+    return run
+
+
+@pytest.fixture(scope="session")
+def stage3_run(tmp_path_factory, demo_data, stage2_run) -> Path:
+    """Two Stage III steps from `stage2_run`; the discriminator is not updated (discriminator_after), so the one
+    the run holds is the one it started from."""
+    run = tmp_path_factory.mktemp("stage3") / "RUN3"
+    r = invoke("train", "stage3", demo_data, "--output", run, "--init", stage2_run, "--preset", "tiny",
+               "--max-steps", 2, "--set", "discriminator_after=1000")
+    assert r.returncode == 0, r.stderr
+    assert "trained to step 2" in r.stderr
+    assert "discriminator: from run" in r.stderr and "random initialisation" not in r.stderr, r.stderr
+    return run

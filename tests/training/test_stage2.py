@@ -321,17 +321,6 @@ def test_the_discriminator_starts_independent_of_t_and_its_projections_learn(tra
 # ------------------------------------------------------------------------------------------------ runs
 
 
-@pytest.fixture(scope="module")
-def stage2_run(tmp_path_factory, train_data, tiny_weights):
-    """3 steps of `personalive train stage2` from the official-layout tiny weights, validation at 0 and 3."""
-    run = tmp_path_factory.mktemp("stage2") / "RUN"
-    r = invoke("train", "stage2", train_data, "--output", run, "--init", tiny_weights, "--max-steps", 3, *TINY,
-               "--set", "checkpoint_every=3", "--set", "validate_every=3")
-    assert r.returncode == 0, r.stderr
-    assert "trained to step 3" in r.stderr
-    return run
-
-
 def test_cli_run_metrics_checkpoint_and_export(stage2_run, tiny_models, tmp_path):
     columns, rows = _rows(stage2_run)
     for column in ("loss", "mse", "face", "lpips", "adversarial", *D_TERMS, "unroll", "grad_norm", "d_grad_norm",
@@ -389,22 +378,22 @@ def test_without_gan_there_is_no_discriminator(train_data, tiny_weights, tmp_pat
 
 
 @pytest.fixture(scope="module")
-def straight_run(tmp_path_factory, train_data, tiny_weights):
-    """6 steps of the same run as `stage2_run`, validation at 0 and 6 only."""
+def straight_run(tmp_path_factory, demo_data, tiny_run):
+    """6 steps of the same run as `stage2_run` (conftest), validation at 0 and 6 only."""
     run = tmp_path_factory.mktemp("stage2") / "straight"
-    r = invoke("train", "stage2", train_data, "--output", run, "--init", tiny_weights, "--max-steps", 6, *TINY,
+    r = invoke("train", "stage2", demo_data, "--output", run, "--init", tiny_run, "--max-steps", 6, *TINY,
                "--set", "checkpoint_every=3", "--set", "validate_every=6")
     assert r.returncode == 0, r.stderr
     return run
 
 
 @pytest.mark.slow
-def test_resume_equals_the_uninterrupted_run(stage2_run, straight_run, train_data, tmp_path):
+def test_resume_equals_the_uninterrupted_run(stage2_run, straight_run, demo_data, tmp_path):
     """The 3-step run (validation at 0 and 3) resumed to 6 equals 6 straight steps (validation at 0 and 6):
     the trained networks and the discriminator."""
     split = tmp_path / "split"
     shutil.copytree(stage2_run, split)
-    r = invoke("train", "stage2", train_data, "--output", split, "--resume", "latest", "--max-steps", 6,
+    r = invoke("train", "stage2", demo_data, "--output", split, "--resume", "latest", "--max-steps", 6,
                "--set", "validate_every=0")
     assert r.returncode == 0, r.stderr
     assert "resumed from" in r.stderr and "trained to step 6" in r.stderr
