@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
+import shutil
+import socket
 import subprocess
+import sys
 from fractions import Fraction
 from pathlib import Path
 
@@ -129,3 +132,19 @@ def one_error_line(r) -> str:
     lines = [ln for ln in r.stderr.strip().splitlines() if ln.strip()]
     assert r.returncode == 1 and len(lines) == 1 and lines[0].startswith("error:"), r.stderr
     return lines[0]
+
+
+def accelerate_launch(num_processes: int = 2) -> list[str]:
+    """The start of an ``accelerate launch`` command line for ``num_processes`` CPU processes (gloo; the caller
+    hides GPUs), on a free port of its own: tests in parallel workers launch at the same time."""
+    import pytest
+
+    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
+    if accelerate is None:
+        pytest.skip("accelerate is not installed")
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible each process runs on the CPU
+    return [accelerate, "launch", "--multi_gpu", "--num_processes", str(num_processes), "--num_machines", "1",
+            "--main_process_port", str(port), "--mixed_precision", "no", "--dynamo_backend", "no"]

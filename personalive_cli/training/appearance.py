@@ -101,5 +101,31 @@ class AppearanceObjective:
                 "d_fake": fake_logits.detach().float().mean()}
 
 
-__all__ = ["DISCRIMINATOR_TERMS", "GENERATOR_TERMS", "NAN", "AppearanceObjective", "build_lpips", "decode",
+class AppearanceStage:
+    """What Stages II and III share as `Stage` s: the objective, built before the run folder appears (a missing
+    VGG file fails first); a discriminator unless ``gan: false``, and then no adversarial or discriminator
+    columns in metrics.csv. Mixed in before the `Stage` base."""
+
+    objective: AppearanceObjective | None = None
+
+    def setup(self, config: TrainConfig) -> None:
+        self.objective = AppearanceObjective(config)
+
+    def uses_discriminator(self, config: TrainConfig) -> bool:
+        return config.gan
+
+    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
+        if self.uses_discriminator(config):
+            return self.loss_terms
+        return tuple(k for k in self.loss_terms if k not in ("adversarial", *DISCRIMINATOR_TERMS))
+
+    def ready_objective(self, config: TrainConfig, device: torch.device) -> AppearanceObjective:
+        """The objective on ``device`` (built here when the runner did not call `setup`, e.g. in a unit test)."""
+        if self.objective is None:
+            self.setup(config)
+        return self.objective.to(device)
+
+
+__all__ = ["DISCRIMINATOR_TERMS", "GENERATOR_TERMS", "NAN", "AppearanceObjective", "AppearanceStage", "build_lpips",
+           "decode",
            "frozen", "region_weights"]

@@ -28,7 +28,7 @@ from personalive_cli.pipeline.keypoints import draw_keypoints
 from personalive_cli.training.appearance import (
     DISCRIMINATOR_TERMS,
     GENERATOR_TERMS,
-    AppearanceObjective,
+    AppearanceStage,
     decode,
     region_weights,
 )
@@ -38,40 +38,25 @@ from personalive_cli.training.stage import StepContext
 from personalive_cli.training.stage1 import Stage1, drop_bank_tokens, vae_sample
 
 
-class Stage2(Stage1):
+class Stage2(AppearanceStage, Stage1):
     name: ClassVar[str] = "stage2"
     loss_terms: ClassVar[tuple[str, ...]] = (*GENERATOR_TERMS, *DISCRIMINATOR_TERMS, "unroll", "uncond", "zero_motion",
                                              "zero_pose")
     updates_itself: ClassVar[bool] = True
-
-    def __init__(self) -> None:
-        super().__init__()
-        self.objective: AppearanceObjective | None = None
 
     def setup(self, config: TrainConfig) -> None:
         group = DiscriminatorConfig().mbstd_group_size  # D compares groups of this many images of a batch
         if self.uses_discriminator(config) and config.batch_size > group and config.batch_size % group:
             raise UserError(f"bad config: the discriminator's minibatch-stddev layer needs batch_size {group} or less, "
                             f"or a multiple of {group}, got {config.batch_size} (or train without it: --set gan=false)")
-        self.objective = AppearanceObjective(config)
-
-    def uses_discriminator(self, config: TrainConfig) -> bool:
-        return config.gan
-
-    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
-        """Without a discriminator (``gan: false``) there is no adversarial term and no discriminator update."""
-        if self.uses_discriminator(config):
-            return self.loss_terms
-        return tuple(k for k in self.loss_terms if k not in ("adversarial", *DISCRIMINATOR_TERMS))
+        super().setup(config)
 
     def ladder(self) -> tuple[int, ...]:
         return self.scheduler.config.timesteps  # (999, 666, 333, 0)
 
     def training_step(self, models, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         m, cfg = models, ctx.config
-        if self.objective is None:
-            self.setup(cfg)
-        objective = self.objective.to(ctx.device)
+        objective = self.ready_objective(cfg, ctx.device)
         target = batch["target"]
         b, size = target.shape[0], target.shape[-1]
         with torch.no_grad(), torch.autocast(ctx.device.type, enabled=False):

@@ -36,7 +36,7 @@ from personalive_cli.pipeline.keypoints import draw_keypoints
 from personalive_cli.training.appearance import (
     DISCRIMINATOR_TERMS,
     GENERATOR_TERMS,
-    AppearanceObjective,
+    AppearanceStage,
     decode,
     region_weights,
 )
@@ -54,7 +54,7 @@ def graded_windows(num_windows: int) -> list[int]:
     return [i for i in range(num_windows) if i % (WINDOW // CHUNK - 1) == 0]
 
 
-class Stage3(Stage):
+class Stage3(AppearanceStage, Stage):
     name: ClassVar[str] = "stage3"
     trained_modules: ClassVar[tuple[str, ...]] = ("denoising_unet",)
     loss_terms: ClassVar[tuple[str, ...]] = (*GENERATOR_TERMS, *DISCRIMINATOR_TERMS, "uncond", "zero_motion",
@@ -65,21 +65,8 @@ class Stage3(Stage):
 
     def __init__(self) -> None:
         self.scheduler = StreamScheduler()
-        self.objective: AppearanceObjective | None = None
         # Set by tests and tools: called with (window index, the window's input latents) before each pass.
         self.on_window = None
-
-    def setup(self, config: TrainConfig) -> None:
-        self.objective = AppearanceObjective(config)
-
-    def uses_discriminator(self, config: TrainConfig) -> bool:
-        return config.gan
-
-    def logged_terms(self, config: TrainConfig) -> tuple[str, ...]:
-        """Without a discriminator (``gan: false``) there is no adversarial term and no discriminator update."""
-        if self.uses_discriminator(config):
-            return self.loss_terms
-        return tuple(k for k in self.loss_terms if k not in ("adversarial", *DISCRIMINATOR_TERMS))
 
     def configure(self, models) -> None:
         models.requires_grad_(False).eval()
@@ -105,9 +92,7 @@ class Stage3(Stage):
 
     def training_step(self, models, batch: dict, ctx: StepContext) -> dict[str, torch.Tensor]:
         m, cfg = models, ctx.config
-        if self.objective is None:
-            self.setup(cfg)
-        objective = self.objective.to(ctx.device)
+        objective = self.ready_objective(cfg, ctx.device)
         unet = m.denoising_unet
         if cfg.temporal_attention != "bidirectional":
             unet.set_temporal_attention(cfg.temporal_attention)

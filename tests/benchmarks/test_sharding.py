@@ -4,13 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pandas as pd
-import pytest
+from helpers import accelerate_launch
 from typer.testing import CliRunner
 
 from personalive_cli.cli.app import app
@@ -24,15 +22,10 @@ def _measured(out: Path) -> pd.DataFrame:
 
 
 def test_accelerate_launch_two_cpu_processes(tiny_dataset, tmp_path, empty_metric_caches):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate is not installed")
     out = tmp_path / "out"
     env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": ""}
-    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible each process runs on the CPU
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1",
-           "--mixed_precision", "no", "--dynamo_backend", "no", "-m", "personalive_cli.cli.app",
-           *BENCH, "--dataset", str(tiny_dataset), "--output", str(out), "--speed", "--warmup", "1", "--steps", "3"]
+    cmd = [*accelerate_launch(2), "-m", "personalive_cli.cli.app", *BENCH, "--dataset", str(tiny_dataset),
+           "--output", str(out), "--speed", "--warmup", "1", "--steps", "3"]
     r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
     assert r.returncode == 0, r.stderr[-3000:]
     shards = [json.loads((out / "shards" / f"{i}-of-2.json").read_text()) for i in range(2)]

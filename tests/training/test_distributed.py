@@ -9,30 +9,27 @@ from __future__ import annotations
 import csv
 import json
 import os
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 from fake_training_data import SPEC
-from helpers import REPO
+from helpers import REPO, accelerate_launch
+
+
+def _launch(stage: str, data: Path, run: Path, *args: str) -> subprocess.CompletedProcess:
+    """`accelerate launch` of `personalive train STAGE` with 2 CPU processes (gloo)."""
+    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
+    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(paths)}
+    cmd = [*accelerate_launch(2), "-m", "personalive_cli.cli.app", "train", stage, str(data), "--output", str(run),
+           "--preset", "tiny", "--set", "validate_every=0", "--set", "log_with=none", *args]
+    return subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
 
 
 @pytest.mark.slow
 def test_accelerate_launch_two_cpu_processes(train_data, tmp_path):
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate is not installed")
     run = tmp_path / "RUN"
-    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(paths)}
-    # --multi_gpu is accelerate's torchrun launcher; with no GPU visible each process runs on the CPU (gloo)
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "personalive_cli.cli.app",
-           "train", "stage1", str(train_data), "--output", str(run), "--preset", "tiny", "--max-steps", "5",
-           "--set", f"dataset={SPEC}", "--set", "validate_every=0", "--set", "log_with=none"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    r = _launch("stage1", train_data, run, "--max-steps", "5", "--set", f"dataset={SPEC}")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "all 2 processes hold identical weights" in r.stderr
     assert r.stderr.count("trained to step 5") == 1  # one summary, from process 0
@@ -49,17 +46,8 @@ def test_accelerate_launch_two_cpu_processes(train_data, tmp_path):
 def test_accelerate_launch_two_cpu_processes_stages_2_and_3(stage, train_data, tmp_path):
     """The generator and the discriminator train data-parallel (Stage III: three generator steps per sequence);
     both processes hold identical weights of both at the end."""
-    accelerate = shutil.which("accelerate", path=str(Path(sys.executable).parent)) or shutil.which("accelerate")
-    if accelerate is None:
-        pytest.skip("accelerate is not installed")
     run = tmp_path / "RUN"
-    paths = [str(REPO), str(REPO / "tests"), os.environ.get("PYTHONPATH", "")]
-    env = {**os.environ, "OMP_NUM_THREADS": "1", "CUDA_VISIBLE_DEVICES": "", "PYTHONPATH": os.pathsep.join(paths)}
-    cmd = [accelerate, "launch", "--multi_gpu", "--num_processes", "2", "--num_machines", "1", "--mixed_precision", "no",
-           "--dynamo_backend", "no", "-m", "personalive_cli.cli.app",
-           "train", stage, str(train_data), "--output", str(run), "--preset", "tiny", "--max-steps", "2",
-           "--set", "validate_every=0", "--set", "log_with=none"]
-    r = subprocess.run(cmd, capture_output=True, text=True, env=env, timeout=300)
+    r = _launch(stage, train_data, run, "--max-steps", "2")
     assert r.returncode == 0, r.stderr[-3000:]
     assert "all 2 processes hold identical weights" in r.stderr
     assert r.stderr.count("trained to step 2") == 1
