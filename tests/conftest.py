@@ -3,11 +3,20 @@
 from __future__ import annotations
 
 import gc
+import signal
 from pathlib import Path
 
 import pytest
 import torch
 from helpers import DEMO_DRIVE, DEMO_REF, SHARED
+
+
+def pytest_configure(config):
+    """Ctrl-C behaves as in a terminal whatever started the run: a job started in the background by a
+    non-interactive shell (and so each pytest-xdist worker it starts) inherits SIGINT ignored, and an ignored
+    signal stays ignored in every child process; the interrupt tests need the default."""
+    if signal.getsignal(signal.SIGINT) is signal.SIG_IGN:
+        signal.signal(signal.SIGINT, signal.default_int_handler)
 
 
 def _freeze_what_lives() -> None:
