@@ -170,16 +170,16 @@ def measure(opts: TrainSpeedOptions) -> dict:
             models.reference_unet.enable_gradient_checkpointing()
         params = stage.trainable_parameters(models)
         optimizer = torch.optim.AdamW(params, lr=config.learning_rate, weight_decay=config.weight_decay)
-        scaler = torch.amp.GradScaler(device.type, enabled=precision == "fp16")
-        updates = None
-        if stage.updates_itself:
+        discriminator = d_optimizer = None
+        if stage.uses_discriminator(config):
             from personalive_cli.training.init import initial_discriminator
 
-            discriminator = initial_discriminator(config).to(device) if stage.uses_discriminator(config) else None
-            d_optimizer = torch.optim.AdamW(discriminator.parameters(), lr=2 * config.learning_rate,
-                                            weight_decay=config.weight_decay) if discriminator is not None else None
-            updates = _Updates(params, optimizer, discriminator, d_optimizer, config.max_grad_norm,
-                               precision == "fp16", device)
+            discriminator = initial_discriminator(config).to(device)
+            d_optimizer = torch.optim.AdamW(discriminator.parameters(),
+                                            lr=config.discriminator_lr_scale * config.learning_rate,
+                                            weight_decay=config.weight_decay)
+        updates = _Updates(params, optimizer, discriminator, d_optimizer, config.max_grad_norm, precision == "fp16",
+                           device)
         generator = torch.Generator().manual_seed(opts.seed)
         shapes = (config.size, config.pose_size, models.motion_encoder.config.image_size,
                   models.image_encoder.config.image_size)
@@ -194,20 +194,14 @@ def measure(opts: TrainSpeedOptions) -> dict:
                 torch.cuda.synchronize(device)
                 torch.cuda.reset_peak_memory_stats(device)
             t0 = time.perf_counter()
+            # A self-updating stage (II, III) steps its optimisers itself through the context; Stage I's loss is
+            # stepped here, the same way.
             ctx = StepContext(step=i, micro_step=i, generator=torch.Generator().manual_seed(i), device=device,
-                              config=config, updater=updates)
-            if updates is not None:  # the stage steps its optimisers itself (autocast around its trained part)
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    stage.training_step(models, batch, ctx)
-            else:
-                with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
-                    loss = stage.training_step(models, batch, ctx)["loss"]
-                scaler.scale(loss).backward()
-                scaler.unscale_(optimizer)
-                torch.nn.utils.clip_grad_norm_(params, config.max_grad_norm)
-                scaler.step(optimizer)
-                scaler.update()
-                optimizer.zero_grad(set_to_none=True)
+                              config=config, updater=updates if stage.updates_itself else None)
+            with torch.autocast(device.type, dtype=amp_dtype, enabled=amp_dtype is not None):
+                out = stage.training_step(models, batch, ctx)
+            if not stage.updates_itself:
+                updates.update_generator(out["loss"])
             if cuda:
                 torch.cuda.synchronize(device)
             if i >= opts.warmup:
