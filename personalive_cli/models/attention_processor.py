@@ -44,7 +44,9 @@ __all__ = [
 ]
 
 ATTENTION_BACKENDS = ("sdpa", "xformers")
-ReferenceKV = tuple[torch.Tensor, torch.Tensor]
+# (K, V), each (n, L, C); or (K, V, valid) with valid (n, L) bool: a preallocated bank of fixed size
+# whose unused slots are masked out (the static-shape stream step, `pipeline/keyframes.py`).
+ReferenceKV = tuple[torch.Tensor, ...]
 
 
 def check_attention_backend(name: str) -> str:
@@ -84,18 +86,24 @@ def bind_reference_kv(attn: Attention, kv: ReferenceKV | None) -> Iterator[None]
 
 
 def _reference_qkv(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None,
-                   attention_mask: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Projected q (B, Lq, C) and k/v (B, Lk [+ L_ref], C): the stock projections plus the cached reference."""
+                   attention_mask: torch.Tensor | None
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
+    """Projected q (B, Lq, C), k/v (B, Lk [+ L_ref], C): the stock projections plus the cached reference;
+    and, for a masked bank, which keys may be attended to: (B, Lk + L_ref) bool (None: all of them)."""
     source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
     q, k, v = attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)
     kv = getattr(attn, "reference_kv", None)
+    keep = None
     if kv is not None:
         if attention_mask is not None:
             raise ValueError("reference attention does not take an attention mask")
         rows = hidden_states.shape[0]
+        if len(kv) == 3:  # own tokens always, bank tokens where their slot holds something
+            own = torch.ones(rows, k.shape[1], dtype=torch.bool, device=k.device)
+            keep = torch.cat([own, expand_reference_kv(kv[2][..., None], rows)[..., 0]], dim=1)
         k = torch.cat([k, expand_reference_kv(kv[0].to(k.dtype), rows)], dim=1)
         v = torch.cat([v, expand_reference_kv(kv[1].to(v.dtype), rows)], dim=1)
-    return q, k, v
+    return q, k, v, keep
 
 
 class ReferenceAttnProcessor2_0:
@@ -110,11 +118,11 @@ class ReferenceAttnProcessor2_0:
     def __call__(self, attn: Attention, hidden_states: torch.Tensor, encoder_hidden_states: torch.Tensor | None = None,
                  attention_mask: torch.Tensor | None = None, temb: torch.Tensor | None = None) -> torch.Tensor:
         """hidden_states (B, Lq, C) -> (B, Lq, C)."""
-        q, k, v = _reference_qkv(attn, hidden_states, encoder_hidden_states, attention_mask)
+        q, k, v, keep = _reference_qkv(attn, hidden_states, encoder_hidden_states, attention_mask)
         batch, lq, inner = q.shape
         heads = attn.heads
         d = inner // heads
-        mask = None
+        mask = None if keep is None else keep[:, None, None, :]  # (B, 1, 1, Lk): broadcast over heads, queries
         if attention_mask is not None:
             mask = attn.prepare_attention_mask(attention_mask, k.shape[1], batch).view(batch, heads, -1, k.shape[1])
         out = F.scaled_dot_product_attention(
@@ -143,7 +151,9 @@ class XFormersReferenceAttnProcessor:
 
         if attention_mask is not None:
             raise ValueError("XFormersReferenceAttnProcessor does not take an attention mask")
-        q, k, v = _reference_qkv(attn, hidden_states, encoder_hidden_states, None)
+        q, k, v, keep = _reference_qkv(attn, hidden_states, encoder_hidden_states, None)
+        if keep is not None:
+            raise ValueError("a masked (static-shape) reference bank needs the sdpa attention backend")
         batch, lq, inner = q.shape
         heads = attn.heads
         d = inner // heads

@@ -283,7 +283,8 @@ def time_embedding(module: nn.Module, timesteps: torch.Tensor | float | int, row
 
     Accepts a scalar, (rows,) or (rows // batch,) (one per frame, repeated for each batch entry).
     """
-    t = torch.as_tensor(timesteps, device=device)
+    # a Python number becomes a fill on the device, not a copy from the host (not allowed in a CUDA graph)
+    t = timesteps.to(device) if isinstance(timesteps, torch.Tensor) else torch.full((1,), timesteps, device=device)
     t = t.reshape(-1)
     if t.numel() == 1:
         t = t.expand(rows)

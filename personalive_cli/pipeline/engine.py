@@ -42,6 +42,7 @@ from PIL import Image
 
 from personalive_cli.models.keypoint_extractor import KeypointInfo
 from personalive_cli.models.scheduler import StreamScheduler
+from personalive_cli.pipeline.keyframes import KeyframeBank
 from personalive_cli.pipeline.keypoints import (
     crop_faces,
     draw_keypoints,
@@ -62,7 +63,8 @@ def window_timesteps(device: torch.device | str | None = None) -> torch.Tensor:
 
 
 def slide_window(scheduler: StreamScheduler, eps: torch.Tensor, window: torch.Tensor,
-                 noise: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                 noise: torch.Tensor | None = None, timesteps: torch.Tensor | None = None
+                 ) -> tuple[torch.Tensor, torch.Tensor]:
     """One denoising step of every chunk of a window: the schedule of streaming inference and of Stage III
     training alike (``personalive_cli.training.stage3`` rolls its sequences out through this function).
 
@@ -70,9 +72,11 @@ def slide_window(scheduler: StreamScheduler, eps: torch.Tensor, window: torch.Te
     prediction of every frame; ``written`` is the window after the step: chunk 1 is its x0 (clean; it leaves
     the window and is emitted), chunks 2-4 are one rung lower (at 0 / 333 / 666). Inference steps them
     deterministically along ε̂ (``noise`` None, DDIM η = 0); training re-noises their x0 with fresh ``noise``
-    (b, c, 16, h, w) (training.md §7).
+    (b, c, 16, h, w) (training.md §7). ``timesteps``: `window_timesteps` already on the window's device
+    (the stream step passes its own: building them from host data inside a captured CUDA graph is not allowed).
     """
-    x_prev, x0 = scheduler.step(eps, window_timesteps(window.device), window, noise)
+    t = window_timesteps(window.device) if timesteps is None else timesteps
+    x_prev, x0 = scheduler.step(eps, t, window, noise)
     return torch.cat([x0[:, :, :CHUNK], x_prev[:, :, CHUNK:]], dim=2), x0
 
 
@@ -87,6 +91,7 @@ class EngineOptions:
     bounded_motion_bank: bool = True       # fix of the official ever-growing bank
     fp16_banks: bool = True                # the official banks are stored in fp16 whatever the model dtype
     tiny_vae: bool = False                 # decode with TAESD (needs models.taesd)
+    static_shapes: bool = False            # the fixed-shape step with no host sync (see StreamEngine)
 
 
 @dataclass
@@ -94,7 +99,7 @@ class StepOutput:
     frames: np.ndarray | None  # (4, H, W, 3) uint8, the emitted chunk
     latents: torch.Tensor      # (1, 4, 4, h, w) its clean latents (x0 of the t = 0 chunk)
     warmup: bool             # True for the 3 chunks of interpolated warm-up frames
-    keyframe_added: bool
+    keyframe_added: bool | None  # None in the static mode, which does not read the verdict back
 
 
 class StreamEngine:
@@ -103,6 +108,14 @@ class StreamEngine:
     ``models``: a :class:`~personalive_cli.pipeline.components.PersonaLiveModels` on ``device`` in ``dtype``.
     ``noise``: where Gaussian noise comes from: a seeded generator by default (drawn on the CPU so a
     seed means the same noise on every device), or any callable ``shape -> tensor``.
+
+    State between steps lives in tensors of fixed shape, updated in place: the 12 window frames still being
+    denoised (``window``, their ``poses`` and ``motions``) and the `KeyframeBank`. With
+    ``options.static_shapes`` a step after the first also never reads a value back from the device: the
+    keyframe test and the keyframe's write are decided on the device, in the same step as the dynamic mode
+    decides them (so both give the same frames); the price is one reference-UNet pass on the emitted
+    latent in every step while the bank may have room (its K/V are written only when the test fired) and
+    attention over the empty keyframe slots (masked). That step is what `StepGraph` captures.
     """
 
     def __init__(self, models, size: int = 512, device: torch.device | str = "cpu", dtype: torch.dtype = torch.float32,
@@ -114,6 +127,9 @@ class StreamEngine:
         self.options = options or EngineOptions()
         if self.options.keyframe_compare not in ("emitted", "newest"):
             raise ValueError("keyframe_compare must be 'emitted' or 'newest'")
+        if self.options.static_shapes and not (self.options.reset_keyframe_flag and self.options.bounded_motion_bank):
+            raise ValueError("static shapes need bounded banks: the official sticky keyframe flag and unbounded "
+                             "motion bank grow without limit (use reset_keyframe_flag and bounded_motion_bank)")
         self.scheduler = StreamScheduler()
         if noise is None:
             generator = torch.Generator().manual_seed(seed)
@@ -122,6 +138,7 @@ class StreamEngine:
         self._t_window = window_timesteps(self.device)
         self._image_processor = VaeImageProcessor(do_resize=False)  # [-1, 1] <-> [0, 1] conventions
         self.reference_ready = False
+        self.graph = None  # a StepGraph replaying the steady step (CUDA graphs), set by the caller
 
     # ------------------------------------------------------------------------------------------------
     # reference
@@ -136,23 +153,24 @@ class StreamEngine:
         self.ref_image = ref.to(dt)
         self.ref_latent = m.vae.encode(self.ref_image).latent_dist.mean * m.vae.config.scaling_factor  # (1,4,h,w)
         self.clip = self._clip_embed(pil)  # (1,1,768)
-        self.ref_kv = self._bank_kv(self.ref_latent)
-        self.keyframe_kv: list[dict] = []
+        self.bank = KeyframeBank(self._bank_kv(self.ref_latent), self.options.max_keyframes,
+                                 static=self.options.static_shapes)
         small = _to_tensor(np.asarray(pil.resize((KEYPOINT_SIZE, KEYPOINT_SIZE), Image.LANCZOS)), dev)
         self.ref_kps = m.keypoint_extractor(small.to(dt) * 0.5 + 0.5)
         self.first_kps: KeypointInfo | None = None
-        self.motion_bank: torch.Tensor | None = None
         # Window padding: the reference latent noised to 0 / 333 / 666, one noise draw (1,4,12,h,w).
         h = self.size // 8
         pad_t = self._t_window[: 3 * CHUNK]
         noise = self._draw((1, 4, 3 * CHUNK, h, h))
-        padded = self.scheduler.add_noise(self.ref_latent[:, :, None].expand(-1, -1, 3 * CHUNK, -1, -1), noise, pad_t)
-        self.latents = list(padded.split(CHUNK, dim=2))  # 3 chunks (1,4,4,h,w)
-        self.poses: list[torch.Tensor] = []
-        self.motions: list[torch.Tensor] = []
+        self.window = self.scheduler.add_noise(self.ref_latent[:, :, None].expand(-1, -1, 3 * CHUNK, -1, -1),
+                                               noise, pad_t).to(dt)  # (1,4,12,h,w)
+        self.poses: torch.Tensor | None = None    # (1,C,12,h,w) after the first step
+        self.motions: torch.Tensor | None = None  # (1,12,32,16)
         self.steps = 0
         self._last_trigger = False
         self.reference_ready = True
+        if self.graph is not None:
+            self.graph.reset()
 
     def _clip_embed(self, pil: Image.Image) -> torch.Tensor:
         from transformers import CLIPImageProcessor
@@ -164,7 +182,7 @@ class StreamEngine:
         return embeds[:, None]
 
     def _bank_kv(self, latent: torch.Tensor) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        banks = self.models.reference_unet(latent.to(self.dtype), self.clip)
+        banks = self.models.reference_unet(latent.to(self.dtype), self.clip.expand(latent.shape[0], -1, -1))
         if self.options.fp16_banks:
             banks = {k: v.half().to(self.dtype) for k, v in banks.items()}
         return self.models.denoising_unet.bank_kv(banks)
@@ -186,110 +204,126 @@ class StreamEngine:
             raise RuntimeError("call set_reference() first")
         if frames.shape[0] != CHUNK:
             raise ValueError(f"a step takes {CHUNK} frames, got {frames.shape[0]}")
-        pose, motion = self._encode_driving(frames)
-        self._admit_chunk(pose, motion)
-        clean, trigger = self._denoise_window()
-        added = self._update_keyframes(trigger, clean)
-        self._advance_window()
+        h = self.size // 8
+        noise = self._draw((1, 4, CHUNK, h, h))
+        images = torch.from_numpy(np.ascontiguousarray(frames, dtype=np.uint8)).to(self.device)
         warmup = self.steps < 3
+        decode = decode_warmup or not warmup
+        if self.steps == 0:
+            clean, pixels, trigger = self._first_step(images, noise, decode)
+        elif self.graph is not None and decode:
+            clean, pixels, trigger = self.graph.run(self, images, noise)
+        else:
+            clean, pixels, trigger = self.steady_step(images, noise, decode)
         self.steps += 1
-        frames_out = self._decode(clean) if (decode_warmup or not warmup) else None
+        added = None if self.options.static_shapes else bool(trigger)
+        frames_out = pixels.cpu().numpy() if pixels is not None else None
         return StepOutput(frames=frames_out, latents=clean, warmup=warmup, keyframe_added=added)
 
-    def _encode_driving(self, frames: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
-        """Driving frames → pose features (1, C, n, h, w) and motion tokens (1, n, 32, 16). On the first
-        step n = 16: 12 warm-up frames interpolated from the reference to the first driving frame
-        (keypoints and motion alike), then the 4 driving frames; afterwards n = 4."""
+    def steady_step(self, images: torch.Tensor, noise: torch.Tensor, decode: bool = True):
+        """Every step but the first: images uint8 (4, S', S', 3) on the device, noise (1, 4, 4, h, w) ->
+        (clean latents (1, 4, 4, h, w), pixels uint8 (4, S, S, 3) on the device or None, keyframe verdict).
+        The state is updated in place; in the static mode nothing here reads a value from the device."""
+        pose, motion = self._encode_driving(self._normalise(images))
+        return self._denoise(pose, motion, noise, decode)
+
+    def _first_step(self, images: torch.Tensor, noise: torch.Tensor, decode: bool):
+        """The first step: 12 warm-up frames interpolated from the reference to the first driving frame
+        (keypoints and motion alike) join the window's conditions, then it is a steady step."""
         m, dt = self.models, self.dtype
-        images = torch.cat([_to_tensor(f, self.device) for f in frames]).to(dt)  # (4,3,S,S) [-1,1]
-        if images.shape[-1] != self.size:
-            images = F.interpolate(images, size=(self.size, self.size), mode="bilinear", align_corners=False)
-        small = F.interpolate(images, size=(KEYPOINT_SIZE, KEYPOINT_SIZE), mode="bilinear", align_corners=False)
+        x = self._normalise(images)
+        small = F.interpolate(x, size=(KEYPOINT_SIZE, KEYPOINT_SIZE), mode="bilinear", align_corners=False)
         drv = m.keypoint_extractor(small * 0.5 + 0.5)
-        first_step = self.first_kps is None
-        if first_step:
-            # Later steps take frame 1's pose from its own batch-1 run (as the official code does).
-            self.first_kps = m.keypoint_extractor(small[:1] * 0.5 + 0.5)
-            kps = first_call_keypoints(self.ref_kps, drv)          # 12 warm-up + 4 driving sets
-        else:
-            kps = transfer_keypoints(self.ref_kps, drv, self.first_kps)
-        canvas = draw_keypoints(kps.float(), self.size).to(dt)      # (n,3,S,S) in [0,1]
-        pose = m.pose_guider(canvas.permute(1, 0, 2, 3)[None])      # (1,C,n,h,w)
-        faces = crop_faces(images, face_boxes(drv.posed().float(), self.size))
-        if not first_step:
-            return pose, m.motion_encoder(faces.transpose(0, 1)[None])
+        # Later steps take frame 1's pose from its own batch-1 run (as the official code does).
+        self.first_kps = m.keypoint_extractor(small[:1] * 0.5 + 0.5)
+        kps = first_call_keypoints(self.ref_kps, drv)          # 12 warm-up + 4 driving sets
+        canvas = draw_keypoints(kps.float(), self.size).to(dt)  # (16,3,S,S) in [0,1]
+        pose = m.pose_guider(canvas.permute(1, 0, 2, 3)[None])  # (1,C,16,h,w)
+        faces = crop_faces(x, face_boxes(drv.posed().float(), self.size))
         ref_face = crop_faces(self.ref_image, face_boxes(self.ref_kps.posed().float(), self.size))
         tokens = m.motion_encoder(torch.cat([ref_face, faces]).transpose(0, 1)[None])  # (1,5,32,16)
         ref_motion, motion = tokens[:, :1], tokens[:, 1:]
         alpha = torch.linspace(0, 1, 3 * CHUNK + 1, device=self.device, dtype=dt)[:-1].view(1, -1, 1, 1)
         warm = ref_motion + alpha * (motion[:, :1] - ref_motion)  # (1,12,32,16)
-        self.motion_bank = ref_motion.reshape(1, -1).float()
-        return pose, torch.cat([warm, motion], dim=1)
+        self.bank.start_motions(ref_motion.reshape(1, -1))
+        self.poses, self.motions = pose[:, :, : 3 * CHUNK].contiguous(), warm.contiguous()
+        return self._denoise(pose[:, :, 3 * CHUNK:], motion, noise, decode)
 
-    def _admit_chunk(self, pose: torch.Tensor, motion: torch.Tensor) -> None:
-        """Append the new chunk(s) to the window: their conditions, and fresh latents (the reference
-        latent noised to t = 999)."""
-        self.poses.extend(pose.split(CHUNK, dim=2))
-        self.motions.extend(motion.split(CHUNK, dim=1))
-        h = self.size // 8
-        fresh = self._draw((1, 4, CHUNK, h, h))
-        self.latents.append(self.scheduler.add_noise(self.ref_latent[:, :, None].expand(-1, -1, CHUNK, -1, -1),
-                                                     fresh, self._t_window[-CHUNK:]))
+    def _normalise(self, images: torch.Tensor) -> torch.Tensor:
+        """uint8 (4, S', S', 3) on the device -> (4, 3, S, S) in [-1, 1], the model's dtype."""
+        x = VaeImageProcessor.normalize(images.permute(0, 3, 1, 2).float() / 255.0).to(self.dtype)
+        if x.shape[-1] != self.size:
+            x = F.interpolate(x, size=(self.size, self.size), mode="bilinear", align_corners=False)
+        return x
 
-    def _denoise_window(self) -> tuple[torch.Tensor, bool]:
-        """One UNet pass over the 16-frame window and one DDIM step of every chunk down its rung.
-        Returns the clean chunk (1, 4, 4, h, w) and whether the window's motion calls for a keyframe
-        (decided before the pass, on the motion it sees)."""
+    def _encode_driving(self, images: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """The front end of a steady step: driving frames (4, 3, S, S) in [-1, 1] -> pose features
+        (1, C, 4, h, w) and motion tokens (1, 4, 32, 16)."""
         m, dt = self.models, self.dtype
-        motion = torch.cat(self.motions, dim=1)  # (1,16,32,16)
-        trigger = self._keyframe_test(motion)
-        x = torch.cat(self.latents, dim=2)       # (1,4,16,h,w)
-        eps = m.denoising_unet(x, self._t_window, self.clip, motion, torch.cat(self.poses, dim=2),
-                               self._all_bank_kv())
-        written, _ = slide_window(self.scheduler, eps, x)
-        self.latents = list(written.to(dt).split(CHUNK, dim=2))
-        return self.latents[0], trigger
+        small = F.interpolate(images, size=(KEYPOINT_SIZE, KEYPOINT_SIZE), mode="bilinear", align_corners=False)
+        drv = m.keypoint_extractor(small * 0.5 + 0.5)
+        kps = transfer_keypoints(self.ref_kps, drv, self.first_kps)
+        canvas = draw_keypoints(kps.float(), self.size).to(dt)      # (4,3,S,S) in [0,1]
+        pose = m.pose_guider(canvas.permute(1, 0, 2, 3)[None])      # (1,C,4,h,w)
+        faces = crop_faces(images, face_boxes(drv.posed().float(), self.size))
+        return pose, m.motion_encoder(faces.transpose(0, 1)[None])
 
-    def _update_keyframes(self, trigger: bool, clean: torch.Tensor) -> bool:
-        """Store the clean chunk's first frame as a historical keyframe (its attention K/V) when the
-        motion test fired and the bank has room (or the official sticky flag is asked for)."""
-        if trigger and (len(self.keyframe_kv) < self.options.max_keyframes or not self.options.reset_keyframe_flag):
-            self.keyframe_kv.append(self._bank_kv(clean[:, :, 0]))
-            return True
-        return False
+    def _denoise(self, pose: torch.Tensor, motion: torch.Tensor, noise: torch.Tensor, decode: bool):
+        """Admit the new chunk (its conditions, and the reference latent noised to t = 999 with ``noise``),
+        run one UNet pass over the 16-frame window and one DDIM step of every chunk, update the keyframes,
+        and slide the window. Returns (clean chunk (1,4,4,h,w), pixels or None, keyframe verdict)."""
+        m, dt = self.models, self.dtype
+        fresh = self.scheduler.add_noise(self.ref_latent[:, :, None].expand(-1, -1, CHUNK, -1, -1), noise,
+                                         self._t_window[-CHUNK:])
+        x = torch.cat([self.window, fresh.to(dt)], dim=2)                # (1,4,16,h,w)
+        poses = torch.cat([self.poses, pose.to(self.poses.dtype)], dim=2)
+        motions = torch.cat([self.motions, motion.to(self.motions.dtype)], dim=1)  # (1,16,32,16)
+        trigger = self._keyframe_test(motions)
+        eps = m.denoising_unet(x, self._t_window, self.clip, motions, poses, self.bank.attention_kv())
+        written, _ = slide_window(self.scheduler, eps, x, timesteps=self._t_window)
+        written = written.to(dt)
+        clean = written[:, :, :CHUNK]
+        self._update_keyframes(trigger, clean)
+        # slide: the emitted chunk leaves the window (in place, so a captured graph keeps its buffers)
+        self.window.copy_(written[:, :, CHUNK:])
+        self.poses.copy_(poses[:, :, CHUNK:])
+        self.motions.copy_(motions[:, CHUNK:])
+        return clean, (self._decode(clean) if decode else None), trigger
 
-    def _advance_window(self) -> None:
-        """The emitted chunk leaves the window."""
-        self.latents.pop(0)
-        self.poses.pop(0)
-        self.motions.pop(0)
-
-    def _keyframe_test(self, motion: torch.Tensor) -> bool:
+    def _keyframe_test(self, motion: torch.Tensor) -> torch.Tensor | bool:
+        """Whether the window's motion calls for a keyframe (decided before the pass, on the motion it sees):
+        a host bool, or in the static mode a (1,) bool tensor on the device."""
         o = self.options
         if not o.keyframes or self.steps <= o.keyframe_after_steps:
             return False
-        if len(self.keyframe_kv) >= o.max_keyframes:
+        frame = 0 if o.keyframe_compare == "emitted" else 3 * CHUNK
+        candidate = motion[:, frame].reshape(motion.shape[0], -1).float()
+        if o.static_shapes:
+            trigger = self.bank.has_room() & (self.bank.distance(candidate) > o.keyframe_threshold)
+            self.bank.add_motion(candidate, trigger)
+            return trigger
+        if self.bank.num_keyframes >= o.max_keyframes:
             if not o.reset_keyframe_flag:
                 return self._last_trigger  # official offline stream: the last verdict sticks forever
             if o.bounded_motion_bank:
                 return False  # no keyframe can be added any more, so stop comparing (and growing the bank)
-        frame = 0 if o.keyframe_compare == "emitted" else 3 * CHUNK
-        candidate = motion[:, frame].reshape(1, -1).float()
-        trigger = torch.cdist(candidate, self.motion_bank).min().item() > o.keyframe_threshold
-        if trigger:
-            self.motion_bank = torch.cat([self.motion_bank, candidate])
+        trigger = self.bank.distance(candidate).item() > o.keyframe_threshold
+        self.bank.add_motion(candidate, trigger)
         self._last_trigger = trigger
         return trigger
 
-    def _all_bank_kv(self) -> dict[str, tuple[torch.Tensor, torch.Tensor]]:
-        if not self.keyframe_kv:
-            return self.ref_kv
-        return {name: (torch.cat([k] + [kf[name][0] for kf in self.keyframe_kv], dim=1),
-                       torch.cat([v] + [kf[name][1] for kf in self.keyframe_kv], dim=1))
-                for name, (k, v) in self.ref_kv.items()}
+    def _update_keyframes(self, trigger: torch.Tensor | bool, clean: torch.Tensor) -> None:
+        """Store the clean chunk's first frame as a historical keyframe (its attention K/V) when the
+        motion test fired and the bank has room (or the official sticky flag is asked for)."""
+        o = self.options
+        if o.static_shapes:
+            if isinstance(trigger, torch.Tensor):  # a test ran: the candidate's K/V, kept where it fired
+                self.bank.add_keyframe(self._bank_kv(clean[:, :, 0]), trigger)
+        elif trigger and (self.bank.num_keyframes < o.max_keyframes or not o.reset_keyframe_flag):
+            self.bank.add_keyframe(self._bank_kv(clean[:, :, 0]), True)
 
-    def _decode(self, latents: torch.Tensor) -> np.ndarray:
-        """(1,4,4,h,w) latents -> (4,S,S,3) uint8."""
+    def _decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """(1,4,4,h,w) latents -> (4,S,S,3) uint8 on the device."""
         z = latents[0].transpose(0, 1)  # (4,4,h,w)
         if self.options.tiny_vae:
             images = self.models.taesd.decode(z).sample
@@ -297,11 +331,12 @@ class StreamEngine:
             images = self.models.vae.decode(z / self.models.vae.config.scaling_factor).sample
         images = self._image_processor.postprocess(images.float(), output_type="pt")  # [0, 1], on the device
         # uint8 on the device (a quarter of the bytes to copy back); rounding, where the official writer truncates
-        return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+        return (images * 255).round().to(torch.uint8).permute(0, 2, 3, 1)
 
     @property
     def num_keyframes(self) -> int:
-        return len(self.keyframe_kv)
+        """Keyframes stored (reads the device's count in the static mode)."""
+        return int(self.bank.count[0])
 
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:

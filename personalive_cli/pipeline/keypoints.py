@@ -14,10 +14,10 @@ are at the bottom.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import torch
-import torch.nn.functional as F
 
 from personalive_cli.models.keypoint_extractor import KeypointInfo, posed_keypoints
 
@@ -130,9 +130,28 @@ def _hw(size: int | tuple[int, int]) -> tuple[int, int]:
 def _dot_pixels(kps: torch.Tensor, h: int, w: int) -> torch.Tensor:
     """(n, 7, 2) integer pixel positions (x, y) of the drawn keypoints: trunc((v * 0.5 + 0.5) * size),
     computed in the keypoints' dtype and rounded toward zero, as the official code does."""
-    pts = kps[:, list(DOT_INDICES), :2] * 0.5 + 0.5
-    pts = pts * torch.tensor([w, h], dtype=pts.dtype, device=pts.device)
-    return pts.long()
+    pts = kps.index_select(1, _dot_index(kps.device))[..., :2] * 0.5 + 0.5
+    # scalars, not a tensor built from host data: nothing is copied to the device inside the stream step
+    return torch.stack([pts[..., 0] * w, pts[..., 1] * h], dim=-1).long()
+
+
+@functools.lru_cache(maxsize=16)
+def _dot_index(device: torch.device) -> torch.Tensor:
+    """DOT_INDICES on ``device``, made once (indexing with a list would copy it from the host every call)."""
+    return torch.tensor(DOT_INDICES, device=device)
+
+
+@functools.lru_cache(maxsize=16)
+def _disc(radius: float, device: torch.device) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Pixel offsets (dy, dx) of a disc of ``radius`` and the dot colours (7, 3) in [0, 1], built once per
+    device: a boolean selection on the device would wait for it (a host sync), and a tensor made from host
+    data inside a captured CUDA graph is not allowed."""
+    reach = int(math.floor(radius))
+    d = torch.arange(-reach, reach + 1)
+    dy, dx = torch.meshgrid(d, d, indexing="ij")
+    disc = (dx * dx + dy * dy) <= radius * radius
+    colors = torch.tensor(DOT_COLORS, dtype=torch.float32) / 255.0
+    return dy[disc].to(device), dx[disc].to(device), colors.to(device)
 
 
 def draw_keypoints(kps: torch.Tensor, size: int | tuple[int, int] = REFERENCE_CANVAS,
@@ -152,13 +171,8 @@ def draw_keypoints(kps: torch.Tensor, size: int | tuple[int, int] = REFERENCE_CA
     pts = _dot_pixels(kps, h, w)
     # Pixel offsets of one disc, then one scatter-add per dot: only the touched pixels, and the same sums as
     # a per-pixel distance test over the whole canvas (a dot covers a pixel once; dots are added in order).
-    reach = int(math.floor(r))
-    d = torch.arange(-reach, reach + 1, device=device)
-    dy, dx = torch.meshgrid(d, d, indexing="ij")
-    disc = (dx * dx + dy * dy) <= r * r
-    dy, dx = dy[disc], dx[disc]
+    dy, dx, colors = _disc(r, torch.device(device))
     batch = torch.arange(n, device=device)[:, None].expand(n, dy.numel())
-    colors = torch.tensor(DOT_COLORS, dtype=torch.float32, device=device) / 255.0
     canvas = torch.zeros(n, h, w, 3, dtype=torch.float32, device=device)  # channels last while drawing
     for i in range(len(DOT_INDICES)):
         ys = pts[:, i, 1:2] + dy
@@ -196,20 +210,47 @@ def face_boxes(kps: torch.Tensor, size: int | tuple[int, int] = REFERENCE_CANVAS
 
 def crop_faces(images: torch.Tensor, boxes: torch.Tensor, out: int = 224) -> torch.Tensor:
     """Crop and resize: images (n, 3, H, W) (any range, e.g. [-1, 1]) and boxes (n, 4) (x1, y1, x2, y2),
-    end-exclusive -> (n, 3, out, out), bilinear, align_corners False, no antialias, in the images' dtype.
+    end-exclusive -> (n, 3, out, out), in the images' dtype.
 
-    A degenerate box (empty after clamping, where the official code would fail) is widened to one pixel.
+    The result is ``F.interpolate(image[:, :, y1:y2, x1:x2], out, mode="bilinear", align_corners=False)``
+    (no antialias) of every box, up to float rounding (a few 1e-6 on values in [-1, 1]), computed for all boxes at once by gathering the four neighbours of every
+    output pixel: box sizes differ from frame to frame, so slicing would need them on the host (a sync of
+    the device in every stream step) and one interpolation per box. A degenerate box (empty after
+    clamping, where the official code would fail) is widened to one pixel.
     """
     if images.shape[0] != boxes.shape[0]:
         raise ValueError(f"{images.shape[0]} images but {boxes.shape[0]} boxes")
-    h, w = images.shape[-2:]
-    crops = []
-    for image, box in zip(images, boxes.tolist(), strict=True):
-        x1, y1, x2, y2 = (int(v) for v in box)
-        x1, y1 = min(max(x1, 0), w - 1), min(max(y1, 0), h - 1)
-        x2, y2 = max(x2, x1 + 1), max(y2, y1 + 1)
-        patch = image[None, :, y1:y2, x1:x2]
-        crops.append(F.interpolate(patch, size=(out, out), mode="bilinear", align_corners=False))
-    if not crops:
+    n, _, h, w = images.shape
+    if n == 0:
         return images.new_zeros(0, images.shape[1], out, out)
-    return torch.cat(crops, dim=0)
+    boxes = boxes.to(images.device).long()
+    x1, y1 = boxes[:, 0].clamp(0, w - 1), boxes[:, 1].clamp(0, h - 1)
+    # a slice past the edge stops at the edge
+    width = torch.maximum(boxes[:, 2], x1 + 1).clamp(max=w) - x1
+    height = torch.maximum(boxes[:, 3], y1 + 1).clamp(max=h) - y1
+    ya, yb, wy = _source_pixels(y1, height, out)
+    xa, xb, wx = _source_pixels(x1, width, out)
+    rows = torch.arange(n, device=images.device)[:, None, None]
+    ya, yb, xa, xb = ya[:, :, None], yb[:, :, None], xa[:, None, :], xb[:, None, :]
+    wy, wx = wy[:, :, None, None], wx[:, None, :, None]
+    x = images.float()
+    # (n, out, out, c): advanced indices around a slice put their dims first
+    top = (1 - wx) * x[rows, :, ya, xa] + wx * x[rows, :, ya, xb]
+    bottom = (1 - wx) * x[rows, :, yb, xa] + wx * x[rows, :, yb, xb]
+    crops = (1 - wy) * top + wy * bottom
+    return crops.permute(0, 3, 1, 2).contiguous().to(images.dtype)
+
+
+def _source_pixels(start: torch.Tensor, length: torch.Tensor, out: int
+                   ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """For boxes starting at ``start`` (n,) with ``length`` (n,) pixels resized to ``out``: the two source
+    pixels (n, out) of every output pixel and the weight of the second, as bilinear interpolation with
+    align_corners False computes them (source = (i + 0.5) * length / out - 0.5, clamped at 0; the second
+    neighbour clamped to the box)."""
+    # in float32, as PyTorch's kernel computes them for float images
+    scale = length.float() / out
+    src = ((torch.arange(out, device=start.device, dtype=torch.float32) + 0.5)[None] * scale[:, None] - 0.5)
+    src = src.clamp(min=0)
+    first = src.long()
+    second = first + (first < length[:, None] - 1).long()
+    return start[:, None] + first, start[:, None] + second, src - first

@@ -126,13 +126,15 @@ def naive_schedule(models, inputs, noises, steps, engine, options=None):
     return outs, added
 
 
-@pytest.mark.parametrize("compare", ["emitted", "newest"])
-@pytest.mark.parametrize("fp16_banks", [True, False])
+@pytest.mark.parametrize(("compare", "fp16_banks", "static"), [
+    ("emitted", True, False), ("newest", True, False), ("emitted", False, False), ("newest", False, False),
+    ("emitted", True, True), ("newest", False, True)])
 @torch.no_grad()
-def test_engine_equals_unbatched_recomputation(tiny_models, inputs, compare, fp16_banks):
+def test_engine_equals_unbatched_recomputation(tiny_models, inputs, compare, fp16_banks, static):
     """Passes of the plain schedule (the 4th over driving frames only), then historical keyframes that
     fire (steps 4 and 5) and are attended to by the later passes; the cap (2) keeps the last step from
-    adding one."""
+    adding one. The static-shape step (masked bank, verdicts on the device) gives the same frames with
+    the same tolerance."""
     steps = 6
     options = dict(keyframe_threshold=0.0, keyframe_after_steps=2, max_keyframes=2, keyframe_compare=compare,
                    fp16_banks=fp16_banks)
@@ -142,18 +144,23 @@ def test_engine_equals_unbatched_recomputation(tiny_models, inputs, compare, fp1
                                                                for _ in range(steps)]
     queue = list(noises)
     engine = StreamEngine(tiny_models, size=SIZE, noise=lambda shape: queue.pop(0),
-                          options=EngineOptions(**options))
+                          options=EngineOptions(**options, static_shapes=static))
     engine.set_reference(inputs[0])
-    outs = [engine.step(np.stack(inputs[1][4 * i: 4 * i + 4])) for i in range(steps)]
+    outs, counts = [], [0]
+    for i in range(steps):
+        outs.append(engine.step(np.stack(inputs[1][4 * i: 4 * i + 4])))
+        counts.append(engine.num_keyframes)
     want, want_added = naive_schedule(tiny_models, inputs, noises, steps, engine, EngineOptions(**options))
-    added = [o.keyframe_added for o in outs]
+    added = [b > a for a, b in zip(counts, counts[1:], strict=False)]
     assert added == want_added == [False] * 3 + [True] * 2 + [False]  # steps 5 and 6 attend to keyframes
+    if not static:
+        assert [o.keyframe_added for o in outs] == added
     for o, w in zip(outs, want, strict=True):
         assert o.latents.shape == w.shape == (1, 4, 4, h, h)
         torch.testing.assert_close(o.latents, w, atol=2e-4, rtol=1e-4)
     # the schedule really depends on what it was fed: other noise gives other latents
     assert (outs[-1].latents - want[0]).abs().max() > 1e-2
-    if compare != "emitted" or not fp16_banks:
+    if compare != "emitted" or not fp16_banks or static:
         return
     # the keyframes matter: without them the last chunk is different (checked once, it costs a run)
     queue[:] = list(noises)
@@ -165,8 +172,7 @@ def test_engine_equals_unbatched_recomputation(tiny_models, inputs, compare, fp1
 
 
 def state_bytes(engine):
-    tensors = [*engine.latents, *engine.poses, *engine.motions, engine.motion_bank]
-    tensors += [t for kv in engine.keyframe_kv for pair in kv.values() for t in pair]
+    tensors = [engine.window, engine.poses, engine.motions, *engine.bank.tensors()]
     return sum(t.numel() * t.element_size() for t in tensors)
 
 
@@ -182,7 +188,7 @@ def keyframe_stream(tiny_models, inputs):
     for i in range(24):
         outs.append(engine.step(np.stack(frames[4 * i: 4 * i + 4])))
         sizes.append(state_bytes(engine))
-        banks.append((engine.num_keyframes, engine.motion_bank.shape[0]))
+        banks.append((engine.num_keyframes, engine.bank.num_motions))
     return SimpleNamespace(engine=engine, outs=outs, sizes=sizes, banks=banks)
 
 
@@ -192,7 +198,7 @@ def test_keyframes_trigger_and_stay_bounded(keyframe_stream):
     assert added[9:12] == [True] * 3 and not any(added[12:])
     assert keyframe_stream.banks[15] == keyframe_stream.banks[-1] == (3, 4)  # 3 keyframes, bank of 4 motions
     engine = keyframe_stream.engine
-    k, _ = engine._all_bank_kv()[engine.models.denoising_unet.attention_block_names()[0]]
+    k, _ = engine.bank.attention_kv()[engine.models.denoising_unet.attention_block_names()[0]]
     assert k.shape[1] == 4 * (SIZE // 8) ** 2  # reference + 3 keyframes of (SIZE / 8)² tokens
 
 
@@ -220,4 +226,45 @@ def test_state_does_not_grow_with_stream_length(keyframe_stream, tiny_models, in
     unbounded.set_reference(ref)
     for i in range(6):  # keyframes at steps 3-5 fill the bank; step 6 still grows it
         unbounded.step(np.stack(frames[4 * i: 4 * i + 4]), decode_warmup=False)
-    assert unbounded.motion_bank.shape[0] > 4  # the official online bank keeps growing
+    assert unbounded.bank.num_motions > 4  # the official online bank keeps growing
+
+
+class _HostSyncs(torch.utils._python_dispatch.TorchDispatchMode):
+    """Records the operators that make the host wait for a CUDA device (a value read back, or an output
+    whose shape depends on the data) and tensors made from host data (not allowed in a CUDA graph)."""
+
+    SYNCING = {"aten::_local_scalar_dense", "aten::nonzero", "aten::masked_select", "aten::item",
+               "aten::unique", "aten::_unique2", "aten::lift_fresh"}
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        if func._schema.name in self.SYNCING:
+            self.seen.append(func._schema.name)
+        return func(*args, **(kwargs or {}))
+
+
+@torch.no_grad()
+def test_static_step_never_waits_for_the_device(tiny_models, inputs):
+    """The static-shape step, keyframe test and write included, has no operator that would make the host
+    wait for a GPU, and its state keeps its shapes; the dynamic step reads its keyframe verdict back."""
+    ref, frames = inputs
+    steps = {}
+    for static in (True, False):
+        engine = StreamEngine(tiny_models, size=SIZE, options=EngineOptions(
+            keyframe_threshold=0.0, keyframe_after_steps=1, static_shapes=static))
+        engine.set_reference(ref)
+        for i in range(3):
+            engine.step(np.stack(frames[4 * i: 4 * i + 4]), decode_warmup=False)
+        shapes = [t.shape for t in [engine.window, engine.poses, engine.motions, *engine.bank.tensors()]]
+        images = torch.from_numpy(np.stack(frames[12:16]))
+        noise = torch.randn(1, 4, 4, SIZE // 8, SIZE // 8)
+        with _HostSyncs() as mode:
+            engine.steady_step(images, noise)
+        steps[static] = mode.seen
+        if static:
+            assert shapes == [t.shape for t in [engine.window, engine.poses, engine.motions, *engine.bank.tensors()]]
+    assert steps[True] == []
+    assert "aten::_local_scalar_dense" in steps[False]  # the check sees what it looks for
