@@ -125,7 +125,7 @@ CASES: dict[str, Case] = {
     "--device cuda without CUDA": Case(animate(REF, DRIVE, "o.mp4", "--device", "cuda"), "CUDA is not available",
                                        setup=_no_cuda),
     "unknown --option": Case(animate(REF, DRIVE, "o.mp4", "--option", "speed=11"), "has no option 'speed'"),
-    "--vae on a method without one": Case(animate(REF, DRIVE, "o.mp4", "--vae", "tiny"), "no --vae/--attention"),
+    "--vae on a method without one": Case(animate(REF, DRIVE, "o.mp4", "--vae", "tiny"), "no --vae option"),
     # weights
     "weights folder missing": Case(
         lambda m, o: ["animate", m.ref, m.drive, "-o", o / "o.mp4", "--method", "personalive", "--weights",

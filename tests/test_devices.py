@@ -9,6 +9,8 @@ def test_a_method_without_torch_code_gets_the_cpu_without_torch_choices_checked(
     assert resolve("auto", "auto", uses_torch=False) == ("cpu", None)
     assert resolve("cpu", "fp32", uses_torch=False) == ("cpu", None)
     assert resolve("cpu", "auto") == (torch.device("cpu"), torch.float32)
+    assert resolve("cpu", "bf16") == (torch.device("cpu"), torch.bfloat16)  # half precision on the CPU too
+    assert resolve("cpu", "fp16") == (torch.device("cpu"), torch.float16)
 
 
 @pytest.mark.parametrize("uses_torch", [True, False])
@@ -17,8 +19,6 @@ def test_wrong_choices_are_refused_for_every_method(uses_torch):
         resolve("tpu", "auto", uses_torch)
     with pytest.raises(UserError, match="unknown dtype"):
         resolve("cpu", "fp8", uses_torch)
-    with pytest.raises(UserError, match="needs a CUDA device"):
-        resolve("cpu", "fp16", uses_torch)
     if not torch.cuda.is_available():
         with pytest.raises(UserError, match="CUDA is not available"):
             resolve("cuda", "auto", uses_torch)

@@ -25,20 +25,27 @@ Vae = Annotated[str, typer.Option(help="full: sd-vae-ft-mse decoder; tiny: TAESD
 Attention = Annotated[str, typer.Option(help="sdpa (PyTorch, default) or xformers (CUDA, if installed)")]
 
 
-def _model_options(method: str, vae: str, attention: str, extra: list[str] | None = None) -> dict:
+Compile = Annotated[bool, typer.Option("--compile", help="torch.compile the step's networks (slower start; "
+                                                        "benchmarks/README.md says what it gives where)")]
+CudaGraphs = Annotated[bool, typer.Option("--cuda-graphs", help="replay the stream step from a CUDA graph (CUDA)")]
+
+
+def _model_options(method: str, vae: str, attention: str, extra: list[str] | None = None,
+                   compile: bool = False, cuda_graphs: bool = False) -> dict:  # noqa: A002
     """Keyword options for the method's constructor: the model flags it declares (``--vae``,
-    ``--attention``; any other value than the default is refused for a method without them) and every
-    ``--option KEY=VALUE``, checked against the method's options dataclass."""
+    ``--attention``, ``--compile``, ``--cuda-graphs``; any other value than the default is refused for a
+    method without them) and every ``--option KEY=VALUE``, checked against the method's options dataclass."""
     from personalive_cli.errors import UserError
 
     cls = registry.get(method)
-    flags = {"vae": (vae, "full"), "attention": (attention, "sdpa")}
+    flags = {"vae": (vae, "full"), "attention": (attention, "sdpa"), "compile": (compile, False),
+             "cuda_graphs": (cuda_graphs, False)}
     options = {}
     for flag, (value, default) in flags.items():
         if flag in cls.model_flags:
             options[flag] = value
         elif value != default:
-            raise UserError(f"method {method!r} has no --vae/--attention options")
+            raise UserError(f"method {method!r} has no --{flag.replace('_', '-')} option")
     options.update(cls.parse_options(extra or []))
     return options
 
@@ -101,7 +108,7 @@ def methods_info_cmd(name: Annotated[str, typer.Argument(help="method name")]) -
                              ("has weights", cls.has_weights)) if on]
     err.print(f"[bold]{name}[/]: {escape(cls.description)}", highlight=False, soft_wrap=True)
     err.print(f"{cls.frames_per_step} frame(s) per step; {', '.join(kinds) or 'no weights'}; model flags: "
-              f"{', '.join('--' + f for f in sorted(cls.model_flags)) or 'none'}", highlight=False, soft_wrap=True)
+              f"{', '.join('--' + f.replace('_', '-') for f in sorted(cls.model_flags)) or 'none'}", highlight=False, soft_wrap=True)
     table = Table(title=f"--option KEY=VALUE for {name}")
     for col in ("option", "type", "default", "what it does"):
         table.add_column(col, overflow="fold")
@@ -185,6 +192,8 @@ def animate_cmd(
     reference_frame: ReferenceFrame = 0,
     vae: Vae = "full",
     attention: Attention = "sdpa",
+    compile_models: Compile = False,
+    cuda_graphs: CudaGraphs = False,
     option: Option = None,
     weights: Weights = None,
 ) -> None:
@@ -193,7 +202,7 @@ def animate_cmd(
 
     opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
                           seed=seed, crop=crop, weights=weights, crf=crf, reference_frame=reference_frame,
-                          method_options=_model_options(method, vae, attention, option))
+                          method_options=_model_options(method, vae, attention, option, compile_models, cuda_graphs))
     _run_animate(reference, driving, output, opts)
 
 
@@ -212,6 +221,8 @@ def demo_cmd(
     crf: Crf = 18,
     vae: Vae = "full",
     attention: Attention = "sdpa",
+    compile_models: Compile = False,
+    cuda_graphs: CudaGraphs = False,
     option: Option = None,
     weights: Weights = None,
 ) -> None:
@@ -223,7 +234,7 @@ def demo_cmd(
     from personalive_cli.pipeline.animate import AnimateOptions
 
     reference, driving = demo_files()
-    method_options = _model_options(method, vae, attention, option)
+    method_options = _model_options(method, vae, attention, option, compile_models, cuda_graphs)
     _fetch_demo_weights(method, weights)
     opts = AnimateOptions(method=method, frames=frames, size=size, fps=fps, device=device, dtype=dtype,
                           seed=seed, crop=crop, weights=weights, crf=crf, method_options=method_options)
@@ -271,6 +282,8 @@ def stream_cmd(
     reference_frame: ReferenceFrame = 0,
     vae: Vae = "full",
     attention: Attention = "sdpa",
+    compile_models: Compile = False,
+    cuda_graphs: CudaGraphs = False,
     option: Option = None,
     weights: Weights = None,
 ) -> None:
@@ -279,7 +292,8 @@ def stream_cmd(
 
     opts = LiveOptions(method=method, fmt=fmt, to=to, size=size, device=device, dtype=dtype, seed=seed, crop=crop,
                        realtime=realtime, input_format=input_format, input_size=input_size, input_fps=input_fps,
-                       weights=weights, reference_frame=reference_frame, method_options=_model_options(method, vae, attention, option))
+                       weights=weights, reference_frame=reference_frame, method_options=_model_options(method, vae, attention, option,
+                                                                                     compile_models, cuda_graphs))
     stats = run_stream(reference, source, opts)
     if stats.closed:
         return

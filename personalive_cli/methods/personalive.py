@@ -77,12 +77,17 @@ class PersonaLiveOptions:
     temporal_attention: str = option("bidirectional", "bidirectional (PersonaLive) or chunk_causal: for weights "
                                                       "trained with the chunk-causal ablation (train stage3 --set "
                                                       "temporal_attention=chunk_causal)")
+    static_shapes: str = option("auto", "the fixed-shape stream step without host syncs (masked keyframe bank): "
+                                        "true, false, or auto (on with --cuda-graphs)")
+    fuse_qkv: bool = option(False, "one matrix product for Q, K and V of every spatial self-attention")
+    channels_last: bool = option(False, "NHWC memory layout for the convolutions")
+    compile_mode: str = option("default", "torch.compile mode with --compile (e.g. max-autotune-no-cudagraphs)")
 
 
 class PersonaLive(Method):
     frames_per_step = 4
     Options = PersonaLiveOptions
-    model_flags = frozenset({"vae", "attention"})
+    model_flags = frozenset({"vae", "attention", "compile", "cuda_graphs"})
     can_use_random_weights = True
     has_weights = True
     downloads_to_cache = True
@@ -94,11 +99,26 @@ class PersonaLive(Method):
                  vae: str = "full", attention: str = "sdpa", engine_options=None, keyframes: bool = True,
                  keyframe_threshold: float = 17.0, max_keyframes: int = 3, reset_keyframe_flag: bool = True,
                  keyframe_compare: str = "emitted", bounded_motion_bank: bool = True, fp16_banks: bool = True,
-                 temporal_attention: str = "bidirectional", **options):
+                 temporal_attention: str = "bidirectional", static_shapes: str = "auto", fuse_qkv: bool = False,
+                 channels_last: bool = False, compile_mode: str = "default", compile: bool = False,
+                 cuda_graphs: bool = False, **options):
         super().__init__(weights=weights, device=device, dtype=dtype, size=size, seed=seed, **options)
+        from personalive_cli.pipeline.acceleration import SpeedOptions, accelerate_models
         from personalive_cli.pipeline.components import PersonaLiveConfig, PersonaLiveModels
         from personalive_cli.pipeline.engine import EngineOptions
 
+        if cuda_graphs and torch.device(device).type != "cuda":
+            raise UserError("--cuda-graphs needs a CUDA device")
+        if cuda_graphs and attention != "sdpa":
+            raise UserError("--cuda-graphs needs --attention sdpa (the masked keyframe bank of the static step)")
+        static = {"true": True, "false": False, "auto": cuda_graphs}.get(str(static_shapes).lower())
+        if static is None:
+            raise UserError(f"static_shapes must be true, false or auto, got {static_shapes!r}")
+        if cuda_graphs and not static:
+            raise UserError("--cuda-graphs needs the static-shape step (static_shapes=true or auto)")
+        if static and not (reset_keyframe_flag and bounded_motion_bank):
+            raise UserError("static_shapes needs reset_keyframe_flag=true and bounded_motion_bank=true (the "
+                            "official behaviours grow without bound)")
         if vae not in ("full", "tiny"):
             raise UserError(f"unknown --vae {vae!r}; choose full or tiny")
         if temporal_attention not in ("bidirectional", "chunk_causal"):
@@ -122,13 +142,17 @@ class PersonaLive(Method):
         except (RuntimeError, ValueError) as exc:
             raise UserError(str(exc)) from None
         self.models = models.to(device=device, dtype=self.dtype)
+        self.speed = SpeedOptions(compile=compile, compile_mode=compile_mode, cuda_graphs=cuda_graphs,
+                                  fuse_qkv=fuse_qkv, channels_last=channels_last)
+        accelerate_models(self.models, self.speed, torch.device(device))
         # Each official-code fix is a named option (see docs/personalive.md); `--option NAME=VALUE` sets it.
         if keyframe_compare not in ("emitted", "newest"):
             raise UserError(f"keyframe_compare must be 'emitted' or 'newest', got {keyframe_compare!r}")
         self.engine_options = engine_options or EngineOptions(
             keyframes=keyframes, keyframe_threshold=keyframe_threshold, max_keyframes=max_keyframes,
             reset_keyframe_flag=reset_keyframe_flag, keyframe_compare=keyframe_compare,
-            bounded_motion_bank=bounded_motion_bank, fp16_banks=fp16_banks, tiny_vae=vae == "tiny")
+            bounded_motion_bank=bounded_motion_bank, fp16_banks=fp16_banks, tiny_vae=vae == "tiny",
+            static_shapes=static)
 
     @classmethod
     def status(cls, weights=None) -> MethodStatus:
@@ -162,9 +186,12 @@ class PersonaLive(Method):
         PersonaLiveModels.random(PersonaLiveConfig.tiny(), seed=seed).save_pretrained(root)
 
     def start(self, reference: np.ndarray) -> Session:
+        from personalive_cli.pipeline.acceleration import StepGraph
         from personalive_cli.pipeline.engine import StreamEngine
 
         engine = StreamEngine(self.models, size=self.size, device=self.device, dtype=self.dtype,
                               seed=42 if self.seed is None else self.seed, options=self.engine_options)
+        if self.speed.cuda_graphs:
+            engine.graph = StepGraph()
         engine.set_reference(reference)
         return PersonaLiveSession(engine, self.size)

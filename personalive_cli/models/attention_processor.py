@@ -72,7 +72,8 @@ def expand_reference_kv(t: torch.Tensor, rows: int) -> torch.Tensor:
         return t.expand(rows, -1, -1)
     if rows % n:
         raise ValueError(f"reference K/V batch {n} does not divide the {rows} query rows")
-    return t.repeat_interleave(rows // n, dim=0)
+    # expand + reshape, not repeat_interleave: the same rows without a data-dependent size (no host sync)
+    return t[:, None].expand(n, rows // n, *t.shape[1:]).reshape(rows, *t.shape[1:])
 
 
 @contextlib.contextmanager
@@ -90,8 +91,14 @@ def _reference_qkv(attn: Attention, hidden_states: torch.Tensor, encoder_hidden_
                    ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor, torch.Tensor | None]:
     """Projected q (B, Lq, C), k/v (B, Lk [+ L_ref], C): the stock projections plus the cached reference;
     and, for a masked bank, which keys may be attended to: (B, Lk + L_ref) bool (None: all of them)."""
-    source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
-    q, k, v = attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)
+    if encoder_hidden_states is None and getattr(attn, "fused_projections", False):
+        q, k, v = attn.to_qkv(hidden_states).chunk(3, dim=-1)  # one matrix product (Attention.fuse_projections)
+    elif getattr(attn, "fused_projections", False):
+        q = attn.to_q(hidden_states)
+        k, v = attn.to_kv(encoder_hidden_states).chunk(2, dim=-1)
+    else:
+        source = hidden_states if encoder_hidden_states is None else encoder_hidden_states
+        q, k, v = attn.to_q(hidden_states), attn.to_k(source), attn.to_v(source)
     kv = getattr(attn, "reference_kv", None)
     keep = None
     if kv is not None:

@@ -40,7 +40,9 @@ class StreamScheduler:
 
     def _alpha(self, t: torch.Tensor) -> torch.Tensor:
         """ᾱ_t for integer timesteps; 1 for t < 0 (``set_alpha_to_one``)."""
-        a = self.alphas_cumprod.to(t.device)[t.clamp(min=0)]
+        if self.alphas_cumprod.device != t.device:  # moved once: a copy from the host every step would stall
+            self.alphas_cumprod = self.alphas_cumprod.to(t.device)  # the stream (and break a CUDA graph)
+        a = self.alphas_cumprod[t.clamp(min=0)]
         return torch.where(t >= 0, a, torch.ones_like(a))
 
     def step(self, eps: torch.Tensor, timesteps: torch.Tensor, sample: torch.Tensor,

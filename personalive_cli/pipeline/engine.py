@@ -31,6 +31,7 @@ Departures from the official code, each an option whose default is the fixed beh
 
 from __future__ import annotations
 
+import contextlib
 from collections.abc import Callable
 from dataclasses import dataclass
 
@@ -147,6 +148,10 @@ class StreamEngine:
     def set_reference(self, image: np.ndarray) -> None:
         """Encode the reference portrait, uint8 (h, w, 3): latent, CLIP embedding, attention banks,
         keypoints, and the 3 warm-up chunks of the window. Resets all streaming state."""
+        with _eager():  # once per reference: not worth compiling
+            self._set_reference(image)
+
+    def _set_reference(self, image: np.ndarray) -> None:
         m, dev, dt = self.models, self.device, self.dtype
         pil = Image.fromarray(image).convert("RGB")
         ref = _to_tensor(np.asarray(pil.resize((self.size, self.size), Image.LANCZOS)), dev)  # (1,3,S,S) [-1,1]
@@ -168,6 +173,8 @@ class StreamEngine:
         self.motions: torch.Tensor | None = None  # (1,12,32,16)
         self.steps = 0
         self._last_trigger = False
+        self._known_keyframes = 0   # the host's (possibly late) view of the bank's count, static mode
+        self._count_copy: tuple[torch.Tensor, torch.cuda.Event] | None = None
         self.reference_ready = True
         if self.graph is not None:
             self.graph.reset()
@@ -210,12 +217,16 @@ class StreamEngine:
         warmup = self.steps < 3
         decode = decode_warmup or not warmup
         if self.steps == 0:
-            clean, pixels, trigger = self._first_step(images, noise, decode)
+            # shapes seen once (16 warm-up frames): not worth compiling when the models are compiled
+            with _eager():
+                clean, pixels, trigger = self._first_step(images, noise, decode)
         elif self.graph is not None and decode:
             clean, pixels, trigger = self.graph.run(self, images, noise)
+            clean = clean.clone()  # the graph's own buffer, overwritten by its next replay
         else:
             clean, pixels, trigger = self.steady_step(images, noise, decode)
         self.steps += 1
+        self._note_keyframe_count()
         added = None if self.options.static_shapes else bool(trigger)
         frames_out = pixels.cpu().numpy() if pixels is not None else None
         return StepOutput(frames=frames_out, latents=clean, warmup=warmup, keyframe_added=added)
@@ -290,11 +301,43 @@ class StreamEngine:
         self.motions.copy_(motions[:, CHUNK:])
         return clean, (self._decode(clean) if decode else None), trigger
 
+    def keyframe_test_runs(self) -> bool:
+        """Whether this step runs the keyframe test. In the static mode the host learns that the bank is full
+        one step late (or later) on CUDA, without waiting: until then the test runs and its verdict is
+        masked on the device by the bank's room, so the frames are the same either way."""
+        o = self.options
+        if not o.keyframes or self.steps <= o.keyframe_after_steps:
+            return False
+        if not o.static_shapes:
+            return True
+        if self._count_copy is not None and self._count_copy[1].query():  # the last step's count has arrived
+            self._known_keyframes = int(self._count_copy[0].min())  # a host tensor: no device involved
+        return self._known_keyframes < o.max_keyframes  # (a batch of streams: while any has room)
+
+    def _note_keyframe_count(self) -> None:
+        """Static mode: the host's view of the bank's count, for `keyframe_test_runs`, between steps. On CUDA
+        a copy is started and read when it has arrived; elsewhere reading it costs nothing."""
+        if not self.options.static_shapes:
+            return
+        if self.device.type != "cuda":
+            self._known_keyframes = int(self.bank.count.min())
+            return
+        if self._count_copy is None:
+            self._count_copy = (torch.empty(self.bank.count.shape, dtype=torch.long, pin_memory=True),
+                                torch.cuda.Event())
+        host, event = self._count_copy
+        host.copy_(self.bank.count, non_blocking=True)
+        event.record()
+
+    def state_tensors(self) -> list[torch.Tensor]:
+        """Every tensor the steps update in place (the window, its conditions, the keyframe bank)."""
+        return [self.window, self.poses, self.motions, *self.bank.tensors()]
+
     def _keyframe_test(self, motion: torch.Tensor) -> torch.Tensor | bool:
         """Whether the window's motion calls for a keyframe (decided before the pass, on the motion it sees):
         a host bool, or in the static mode a (1,) bool tensor on the device."""
         o = self.options
-        if not o.keyframes or self.steps <= o.keyframe_after_steps:
+        if not self.keyframe_test_runs():
             return False
         frame = 0 if o.keyframe_compare == "emitted" else 3 * CHUNK
         candidate = motion[:, frame].reshape(motion.shape[0], -1).float()
@@ -323,8 +366,8 @@ class StreamEngine:
             self.bank.add_keyframe(self._bank_kv(clean[:, :, 0]), True)
 
     def _decode(self, latents: torch.Tensor) -> torch.Tensor:
-        """(1,4,4,h,w) latents -> (4,S,S,3) uint8 on the device."""
-        z = latents[0].transpose(0, 1)  # (4,4,h,w)
+        """(b,4,4,h,w) latents -> (b*4,S,S,3) uint8 on the device."""
+        z = latents.transpose(1, 2).reshape(-1, *latents.shape[1:2], *latents.shape[3:])  # (b*4,4,h,w)
         if self.options.tiny_vae:
             images = self.models.taesd.decode(z).sample
         else:
@@ -337,6 +380,12 @@ class StreamEngine:
     def num_keyframes(self) -> int:
         """Keyframes stored (reads the device's count in the static mode)."""
         return int(self.bank.count[0])
+
+
+def _eager():
+    """Run compiled modules eagerly inside (torch.compiler.set_stance, torch >= 2.6; else a no-op)."""
+    set_stance = getattr(torch.compiler, "set_stance", None)
+    return set_stance("force_eager") if set_stance is not None else contextlib.nullcontext()
 
 
 def _to_tensor(image: np.ndarray, device: torch.device) -> torch.Tensor:

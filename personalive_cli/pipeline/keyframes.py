@@ -53,6 +53,19 @@ class KeyframeBank:
         self.num_keyframes = 0  # dynamic mode: the host's count (b = 1)
         self.num_motions = 1
 
+    @classmethod
+    def stack(cls, banks: list[KeyframeBank]) -> KeyframeBank:
+        """One bank of all of ``banks``' streams (static ones, motions started), batch entries in order."""
+        if not all(b.static and b.motions is not None for b in banks):
+            raise ValueError("only static banks whose motion bank has started can be stacked")
+        out = cls.__new__(cls)
+        out.__dict__.update(banks[0].__dict__)
+        out.batch = sum(b.batch for b in banks)
+        out.kv = {name: tuple(torch.cat([b.kv[name][i] for b in banks]) for i in range(2)) for name in banks[0].kv}
+        for attr in ("filled", "count", "motions", "motion_filled", "motion_count"):
+            setattr(out, attr, torch.cat([getattr(b, attr) for b in banks]))
+        return out
+
     # -------------------------------------------------------------------------------------------------
     # motion bank
 
@@ -126,7 +139,9 @@ class KeyframeBank:
         """What the denoising UNet's reference attention reads: static: {block: (K, V, valid)} with every
         slot and valid (b, slots * L) bool; dynamic: {block: (K, V)} of the filled slots only."""
         if self.static:
-            valid = {n: self.filled.repeat_interleave(n, dim=1) for n in set(self.tokens.values())}
+            b, slots = self.filled.shape  # each slot's flag for its L tokens (expand: no data-dependent size)
+            valid = {n: self.filled[:, :, None].expand(b, slots, n).reshape(b, slots * n)
+                     for n in set(self.tokens.values())}
             return {name: (k, v, valid[self.tokens[name]]) for name, (k, v) in self.kv.items()}
         used = 1 + self.num_keyframes
         return {name: (k[:, : used * self.tokens[name]], v[:, : used * self.tokens[name]])
