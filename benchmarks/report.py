@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 import pandas as pd
+from rich.markup import escape
 
 from benchmarks.paper import PAPER_SOURCE, paper_rows
 from benchmarks.quality import COLUMN_METRIC, HIGHER_IS_BETTER, QUALITY_COLUMNS, aggregate, identity_protocol
@@ -237,7 +238,7 @@ def rich_tables(df: pd.DataFrame, notes: dict[str, str]):
             paper = df.at[i, "source"] != MEASURED
             if paper and measured_only:
                 continue
-            cells = [df.at[i, c] + ("†" if paper else "") if c == "method" else _cell(df, i, c, notes) for c in cols]
+            cells = [escape(df.at[i, c]) + ("†" if paper else "") if c == "method" else _cell(df, i, c, notes) for c in cols]
             t.add_row(*cells, style="dim italic" if paper else None)
         tables.append(t)
     extra = df[df["source"] == MEASURED]

@@ -38,6 +38,7 @@ from pathlib import Path
 
 import numpy as np
 
+from benchmarks import configs
 from benchmarks.quality import QUALITY_COLUMNS, identity_protocol, load_metrics, score_video
 from personalive_cli import registry
 from personalive_cli.errors import UserError
@@ -70,6 +71,7 @@ class BenchConfig:
     shard: tuple[int, int] = (0, 1)
     tlp_cross: str = "driving"         # cross-reenactment tLP target: "driving" or "none" (METRICS.md)
     method_options: dict = field(default_factory=dict)
+    configs: str | None = None         # speed configurations of each configurable method (benchmarks/configs.py)
 
 
 def resolve_methods(spec: str | list[str]) -> list[str]:
@@ -80,7 +82,7 @@ def resolve_methods(spec: str | list[str]) -> list[str]:
     if "all" in names:
         return list(registry.available())
     for n in names:
-        registry.get(n)
+        configs.split(n)  # a registered name, with an optional [configuration] (benchmarks/configs.py)
     return list(dict.fromkeys(names))
 
 
@@ -218,7 +220,7 @@ def run_shard(cfg: BenchConfig, progress: Progress | None = None,
     progress = progress or Progress()
     out = check_output_folder(cfg.output, inputs=[cfg.dataset])
     index, count = cfg.shard
-    methods = resolve_methods(cfg.methods)
+    methods = configs.expand(resolve_methods(cfg.methods), cfg.configs, cfg.device)
     columns = list(cfg.metrics or QUALITY_COLUMNS)
     unknown = [c for c in columns if c not in QUALITY_COLUMNS]
     if unknown:
@@ -258,7 +260,7 @@ def _run_checked(cfg: BenchConfig, progress: Progress, out: Path, methods: list[
     id_set = identity_protocol(e.protocol for e in entries) if entries else "self"
     method_status = {}
     for name in methods:
-        st = registry.get(name).status(cfg.weights)
+        st = registry.get(configs.split(name)[0]).status(cfg.weights)
         method_status[name] = {"ready": st.ready, "detail": st.detail, "key": method_key(cfg, name)}
     run = {"config": {k: v for k, v in asdict(cfg).items() if k not in ("shard",)},
            "shards": count, "dataset_root": str(root) if root else None,
@@ -355,11 +357,13 @@ def _quality(cfg, out, root, entries, methods, method_status, metrics, id_set, p
                     sample = load_sample(root, entry, cfg.size, cfg.frames)
                 except Exception as exc:  # noqa: BLE001 - the dataset's fault, not the method's
                     raise _BadInput(exc) from exc
-                per_video = getattr(registry.get(name), "takes_driving_context", False)  # this clip's fps, audio
+                base, variant, dtype = configs.split(name)
+                per_video = getattr(registry.get(base), "takes_driving_context", False)  # this clip's fps, audio
                 if method is None or per_video:
-                    options = {**cfg.method_options, **(sample.context() if per_video else {})}
+                    options = {**cfg.method_options, **variant, **(sample.context() if per_video else {})}
                     method = None
-                    method = build_method(name, cfg.size, device, cfg.dtype, cfg.seed, cfg.weights, **options)
+                    method = build_method(base, cfg.size, device, dtype or cfg.dtype, cfg.seed, cfg.weights,
+                                          **options)
                 t0 = time.perf_counter()
                 generated = run_method(method, sample)
                 seconds = time.perf_counter() - t0

@@ -52,7 +52,7 @@ from personalive_cli import registry
 from personalive_cli.errors import UserError
 
 SPEED_COLUMNS = ("FPS", "latency (s)", "frame latency (s)", "frame latency p95 (s)", "step median (s)",
-                 "step p95 (s)", "paced fps", "start (s)", "peak mem (GiB)", "GFLOPs/frame", "TFLOP/s",
+                 "step p95 (s)", "paced fps", "start (s)", "warm-up (s)", "peak mem (GiB)", "GFLOPs/frame", "TFLOP/s",
                  "device TFLOP/s", "% of peak")
 
 
@@ -170,10 +170,12 @@ def absent_row(name: str, detail: str) -> dict:
 
 def build_for_speed(name: str, opts: SpeedOptions):
     """The method to time, or (None, reason) when its weights are absent."""
+    from benchmarks.configs import split
     from personalive_cli.pipeline.animate import build_method
 
+    name, variant, dtype = split(name)
     cls = registry.get(name)
-    options = dict(opts.method_options)
+    options = {**opts.method_options, **variant}
     random = opts.random_weights and cls.can_use_random_weights
     if not random:
         status = cls.status(opts.weights)
@@ -184,7 +186,8 @@ def build_for_speed(name: str, opts: SpeedOptions):
     if getattr(cls, "takes_driving_context", False):
         options.update(fps=opts.fps, audio=None, audio_start=0.0)
     try:
-        return build_method(name, opts.size, opts.device, opts.dtype, opts.seed, opts.weights, **options), None
+        return build_method(name, opts.size, opts.device, dtype or opts.dtype, opts.seed, opts.weights,
+                            **options), None
     except TypeError as exc:
         if random:
             return None, f"{cls.status(opts.weights).detail} (and it cannot build random weights: {exc})"
@@ -203,8 +206,10 @@ def measure_method(name: str, opts: SpeedOptions, reference: np.ndarray, driving
 
     if opts.warmup < 0 or opts.steps < 1:
         raise UserError("--warmup must be >= 0 and --steps >= 1")
+    from benchmarks.configs import split
+
     device = resolve_device(opts.device)
-    dtype = resolve_dtype(opts.dtype, device)
+    dtype = resolve_dtype(split(name)[2] or opts.dtype, device)
     cuda = torch.device(device).type == "cuda"
     gc.collect()
     if cuda:
@@ -294,6 +299,7 @@ def _stream_run(session, frames, fps_step: int, opts: SpeedOptions, device, on_s
         if opts.budget_s and len(productive) >= 2 and time.perf_counter() - phase_start > opts.budget_s:
             break
     first = k * fps_step
+    warmup_seconds = time.perf_counter() - phase_start  # compilation and graph capture happen in here
     if not emitted:  # nothing out after all those steps: time push + flush of what was pushed
         t = time.perf_counter()
         n_out = 0
@@ -343,7 +349,8 @@ def _stream_run(session, frames, fps_step: int, opts: SpeedOptions, device, on_s
             on_step("timed", s, max(opts.steps, s))
     latencies = [emitted[j] - arrivals[j] for j in range(first, min(len(emitted), i)) if j in arrivals]
     steps_arr = np.asarray(step_times)
-    out = {"timing": "streaming", "warm-up steps": k, "steps": len(step_times), "paced fps": pace,
+    out = {"timing": "streaming", "warm-up steps": k, "warm-up (s)": warmup_seconds, "steps": len(step_times),
+           "paced fps": pace,
            "step median (s)": float(np.median(steps_arr)), "step p95 (s)": float(np.percentile(steps_arr, 95)),
            "FPS": fps_step * len(steps_arr) / max(float(steps_arr.sum()), 1e-12),
            "step times": [float(t) for t in steps_arr], "_next": i}

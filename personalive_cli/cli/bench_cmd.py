@@ -84,6 +84,8 @@ def bench_cmd(
     steps: Annotated[int, typer.Option(help="speed: timed steps (real-time paced)")] = 20,
     pace_fps: Annotated[float | None, typer.Option(help="speed: arrival rate of the paced run (default: the video's fps, else 25)")] = None,
     budget: Annotated[float | None, typer.Option(help="speed: stop a phase early after this many seconds (min 3 timed steps)")] = None,
+    configs: Annotated[str | None, typer.Option(help="speed configurations of each method that takes --compile: all, or "
+                                              "e.g. 'eager,compile+graphs+tiny+fp16' (benchmarks/configs.py)")] = None,
     tlp_cross: Annotated[str, typer.Option("--tlp-cross", help="cross-reenactment tLP target: driving (the "
                                             "driving video's motion) or none (reference-free)")] = "driving",
     fresh: Annotated[bool, typer.Option(help="ignore cached per-video results")] = False,
@@ -113,7 +115,7 @@ def bench_cmd(
                       metrics=[m.strip() for m in metrics.split(",")] if metrics else None,
                       metrics_weights=metrics_weights, strict=strict, quality=quality, speed=speed,
                       random_weights=random_weights, warmup=warmup, steps=steps, speed_fps=pace_fps,
-                      budget_s=budget, fresh=fresh, shard=shard_ix, tlp_cross=tlp_cross)
+                      budget_s=budget, fresh=fresh, shard=shard_ix, tlp_cross=tlp_cross, configs=configs)
     progress = RichProgress()
     try:
         run_shard(cfg, progress)
