@@ -66,4 +66,7 @@ def run_server(app, sock: socket.socket) -> None:
 
     config = uvicorn.Config(app, log_level="warning", ws_max_size=4 << 20, timeout_graceful_shutdown=3,
                             lifespan="on")
-    uvicorn.Server(config).run(sockets=[sock])
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    except KeyboardInterrupt:
+        pass  # uvicorn re-raises the signal once it has shut down: by then the stop was clean

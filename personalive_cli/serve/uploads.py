@@ -51,7 +51,10 @@ def decode_portrait(data: bytes, limits: UploadLimits = UploadLimits()) -> np.nd
                 rgb = np.asarray(im.convert("RGB")).copy()
     except UploadError:
         raise
-    except (UnidentifiedImageError, Image.DecompressionBombError, Image.DecompressionBombWarning):
+    except (Image.DecompressionBombError, Image.DecompressionBombWarning):
+        # PIL's own bomb check fires inside open() for images far above any limit of ours
+        raise UploadError(f"the image is too large (over {limits.max_pixels / 1e6:.0f} MP)") from None
+    except UnidentifiedImageError:
         raise UploadError("that file is not an image this server accepts "
                           f"({', '.join(f.lower() for f in ALLOWED_FORMATS)})") from None
     except (OSError, SyntaxError, ValueError, EOFError, MemoryError, IndexError, TypeError, struct.error):
