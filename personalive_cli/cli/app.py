@@ -308,11 +308,13 @@ _mount_weights(app)
 
 from personalive_cli.cli.bench_cmd import mount as _mount_bench  # noqa: E402
 from personalive_cli.cli.data_cmd import mount as _mount_data  # noqa: E402
+from personalive_cli.cli.serve_cmd import mount as _mount_serve  # noqa: E402
 from personalive_cli.cli.train_cmd import mount as _mount_train  # noqa: E402
 
 _mount_bench(app)
 _mount_data(app)
 _mount_train(app)
+_mount_serve(app)
 
 
 def main() -> None:
