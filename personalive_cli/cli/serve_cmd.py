@@ -25,6 +25,8 @@ def serve_cmd(
     max_upload_mb: Annotated[float, typer.Option(help="largest portrait upload, in MB")] = 15.0,
     vae: Annotated[str, typer.Option(help="full or tiny (TAESD), for methods with a VAE")] = "full",
     attention: Annotated[str, typer.Option(help="sdpa or xformers, for methods with attention")] = "sdpa",
+    compile_models: Annotated[bool, typer.Option("--compile", help="torch.compile the step's networks")] = False,
+    cuda_graphs: Annotated[bool, typer.Option("--cuda-graphs", help="replay the stream step from a CUDA graph")] = False,
     option: Annotated[list[str] | None, typer.Option("--option", help="method option KEY=VALUE (repeatable)")] = None,
 ) -> None:
     """Serve a page that animates a portrait live from the viewer's webcam (WebRTC, or WebSocket)."""
@@ -50,7 +52,7 @@ def serve_cmd(
     if not registry.get(method).streamable:
         raise UserError(f"method {method!r} works on whole clips and cannot animate live; pick a streamable one "
                         "(see `personalive methods`)")
-    options = _model_options(method, vae, attention, option)
+    options = _model_options(method, vae, attention, option, compile_models, cuda_graphs)
     if crop == "auto":
         from personalive_cli.faces.detector import FaceDetector
 
