@@ -43,6 +43,7 @@ def split(name: str) -> tuple[str, dict, str | None]:
     """``"personalive[compile,bf16]"`` -> ("personalive", {"compile": True}, "bf16"); a plain name -> (name, {}, None)."""
     m = _VARIANT.match(name.strip())
     if not m:
+        registry.get(name)  # unknown names are refused here too
         return name, {}, None
     base, options, dtype = m.group(1), {}, None
     for token in filter(None, re.split(r"[,+ ]", m.group(2))):
