@@ -14,6 +14,7 @@ from personalive_cli.errors import UserError
 from personalive_cli.faces.crop import FaceCropper, crop_reference
 from personalive_cli.io.images import read_reference
 from personalive_cli.io.outputs import check_output_file
+from personalive_cli.io.overlap import WriteBehind, read_ahead
 from personalive_cli.io.video import VideoReader, VideoWriter
 
 
@@ -94,23 +95,31 @@ def animate(reference: str | Path, driving: str | Path, output: str | Path, opts
         session = method.start(reference_crop)
         writer = VideoWriter(output, fps, crf=opts.crf, audio_from=driving if reader.info.has_audio else None,
                              audio_start=audio_start)
+        # decode + face crop run ahead in a thread, encoding behind in another: the model does not wait for them
+        behind = WriteBehind(writer.write)
         try:
             def emit(frames):
                 for out in frames:
-                    writer.write(out)
+                    behind.put(out)
                     if on_frame:
                         on_frame()
 
-            for frame in reader.iter_indices(indices):
-                for cropped in cropper.crop(frame):
-                    emit(session.push(cropped))
-            for cropped in cropper.flush():
+            def driving_crops():
+                for frame in reader.iter_indices(indices):
+                    yield from cropper.crop(frame)
+                yield from cropper.flush()
+
+            crops = read_ahead(driving_crops())
+            stack.callback(crops.close)
+            for cropped in crops:
                 emit(session.push(cropped))
             emit(session.flush())
+            behind.finish()
             if writer.frames != len(indices):
                 raise UserError(f"method {opts.method!r} produced {writer.frames} frames for {len(indices)} inputs")
             path = writer.close()
         except BaseException:
+            behind.cancel()
             writer.abort()
             raise
     return AnimateResult(path=path, frames=writer.frames, fps=fps, audio=reader.info.has_audio)
