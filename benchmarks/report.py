@@ -19,7 +19,7 @@ from personalive_cli.errors import UserError
 MEASURED = "measured"
 INFO_COLUMNS = ("method", "source", "status", "quality", "speed", "set", "videos")
 TAIL_COLUMNS = ("mem kind", "device", "dtype", "size", "frames/step", "warm-up steps", "steps", "speed input", "note")
-SPEED_ARROWS = {"FPS": "↑", "latency (s)": "↓", "frame latency (s)": "↓", "frame latency p95 (s)": "↓",
+SPEED_ARROWS = {"FPS": "↑", "latency (s)": "↓", "frame latency (s)": "↓", "frame latency p95 (s)": "↓", "latency floor (s)": "↓",
                 "step median (s)": "↓", "step p95 (s)": "↓", "peak mem (GiB)": "↓"}
 
 
@@ -209,13 +209,13 @@ def to_markdown(df: pd.DataFrame, notes: dict[str, str]) -> str:
 
 SHORT = {"tLP (self)": "tLP self", "tLP (cross)": "tLP cross", "ID-SIM (dlib)": "ID dlib", "latency (s)": "step lat s",
          "frame latency (s)": "frame lat s", "frame latency p95 (s)": "frame p95 s", "step p95 (s)": "step p95 s",
-         "paced fps": "paced fps", "start (s)": "start s", "peak mem (GiB)": "peak GiB", "GFLOPs/frame": "GFLOP/frame",
+         "paced fps": "paced fps", "start (s)": "start s", "latency floor (s)": "floor s", "warm-up (s)": "warm-up s", "peak mem (GiB)": "peak GiB", "GFLOPs/frame": "GFLOP/frame",
          "device TFLOP/s": "device TFLOP/s", "% of peak": "% peak"}
 RICH_TABLES = (
     ("quality", ("method", "quality", *QUALITY_COLUMNS), False),
     ("speed", ("method", "speed", "FPS", "latency (s)", "frame latency (s)", "frame latency p95 (s)",
-               "step p95 (s)", "paced fps"), False),
-    ("compute", ("method", "start (s)", "peak mem (GiB)", "GFLOPs/frame", "TFLOP/s", "device TFLOP/s", "% of peak"),
+               "latency floor (s)", "step p95 (s)", "paced fps"), False),
+    ("compute", ("method", "start (s)", "warm-up (s)", "peak mem (GiB)", "GFLOPs/frame", "TFLOP/s", "device TFLOP/s", "% of peak"),
      True),
 )
 

@@ -51,7 +51,7 @@ import numpy as np
 from personalive_cli import registry
 from personalive_cli.errors import UserError
 
-SPEED_COLUMNS = ("FPS", "latency (s)", "frame latency (s)", "frame latency p95 (s)", "step median (s)",
+SPEED_COLUMNS = ("FPS", "latency (s)", "frame latency (s)", "frame latency p95 (s)", "latency floor (s)", "step median (s)",
                  "step p95 (s)", "paced fps", "start (s)", "warm-up (s)", "peak mem (GiB)", "GFLOPs/frame", "TFLOP/s",
                  "device TFLOP/s", "% of peak")
 
@@ -270,13 +270,17 @@ def measure_method(name: str, opts: SpeedOptions, reference: np.ndarray, driving
 def _stream_run(session, frames, fps_step: int, opts: SpeedOptions, device, on_step) -> dict:
     """Warm-up then the paced run of a streaming method; the row's timing columns."""
     emitted: list[float] = []          # emission time of output j (j = index in the session)
+    emitted_by: list[int] = []         # the input whose push emitted output j
+    pushed = [0]                       # inputs pushed so far
     push_time = [0.0]                  # compute time of the current step's pushes
 
     def push(frame):
         t = time.perf_counter()
+        pushed[0] += 1
         for _ in session.push(frame):
             _sync(device)
             emitted.append(time.perf_counter())
+            emitted_by.append(pushed[0] - 1)
         push_time[0] += time.perf_counter() - t
 
     # warm-up, as fast as possible: at least --warmup steps, and until outputs came out for 2 steps
@@ -358,6 +362,10 @@ def _stream_run(session, frames, fps_step: int, opts: SpeedOptions, device, on_s
     if latencies:
         out["frame latency (s)"] = float(np.median(latencies))
         out["frame latency p95 (s)"] = float(np.percentile(latencies, 95))
+        # the schedule's structural floor: output j cannot leave before input emitted_by[j] has arrived
+        # (PersonaLive: the last frame of the chunk 3 steps later), whatever the compute takes
+        floors = [(emitted_by[j] - j) / pace for j in range(first, min(len(emitted), i)) if j in arrivals]
+        out["latency floor (s)"] = float(np.median(floors))
         out["frame latencies"] = [float(x) for x in latencies]
     else:
         out["note"] = "no output emitted during the timed steps: raise --steps or --budget to measure frame latency"

@@ -77,3 +77,25 @@ def test_tlp_cross_flag_reaches_the_score(tmp_path, moving_frames, random_lpips,
     driving, _ = score_video(ms, "cross", ref, video, video, "cross", tlp_cross="driving")
     none, _ = score_video(ms, "cross", ref, video, video, "cross", tlp_cross="none")
     assert driving["tLP (cross)"] == pytest.approx(0, abs=1e-6) and none["tLP (cross)"] > 0
+
+
+def test_bench_speed_configurations_of_personalive(tmp_path, tiny_weights):
+    """`--configs` gives one speed row per configuration, named after it, with the latency floor beside the
+    measured frame latency; unknown settings are refused before any work."""
+    out = tmp_path / "results"
+    r = CliRunner().invoke(app, ["bench", "--methods", "personalive", "--speed", "--no-quality", "--weights",
+                                 str(tiny_weights), "--configs", "eager,static+bf16", "--size", "128",
+                                 "--device", "cpu", "--warmup", "1", "--steps", "3", "--budget", "1",
+                                 "--output", str(out)])
+    assert r.exit_code == 0, r.output
+    assert "personalive[static+bf16]" in r.stderr  # shown as is, not eaten as markup
+    df = pd.read_csv(out / "results.csv")
+    measured = df[df["source"] == "measured"].set_index("method")
+    assert set(measured.index) == {"personalive[eager]", "personalive[static+bf16]"}
+    assert measured.loc["personalive[static+bf16]", "dtype"] == "bfloat16"
+    for name in measured.index:
+        row = measured.loc[name]
+        assert row["FPS"] > 0 and row["frame latency (s)"] >= row["latency floor (s)"] > 0
+    r = CliRunner().invoke(app, ["bench", "--methods", "personalive", "--speed", "--no-quality", "--configs",
+                                 "eager,turbo", "--device", "cpu", "--output", str(tmp_path / "x")])
+    assert r.exit_code == 1 and "unknown setting 'turbo'" in r.stderr
